@@ -1,0 +1,141 @@
+"""RunResult -> labelled ``xarray.Dataset`` -> compressed netCDF4 (written atomically)."""
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from . import __version__
+from .config import Config
+from .recording import SERIES_LAYER, SERIES_WEIGHT
+from .results import RunResult
+
+VAR_ATTRS = {
+    "h": ("activity neurons h (per layer, sample, unit)", "1"),
+    "lam": ("multiplier neurons lambda", "1"),
+    "err": ("error neurons e (equal to the residual r when tau_e = 0)", "1"),
+    "credit": ("composite credit g = rho*e + lambda", "1"),
+    "energy": ("energy L_rho (PC: F), batch mean", "1"),
+    "loss": ("output loss l = 1/2 mean_b ||y_hat - y||^2", "1"),
+    "res_norm": ("RMS over samples of the residual norm ||r_l||", "1"),
+    "err_norm": ("RMS over samples of the error-neuron norm ||e_l||", "1"),
+    "lam_norm": ("RMS over samples of the multiplier norm ||lambda_l||", "1"),
+    "credit_norm": ("RMS over samples of the credit norm ||rho*e_l + lambda_l||", "1"),
+    "bp_cos": ("cosine between the weight-update estimate dL/dW_l and the BP gradient", "1"),
+    "bp_relerr": ("relative error ||dL/dW_l - dl/dW_l|| / ||dl/dW_l|| against BP", "1"),
+    "bp_adjoint_norm": ("RMS over samples of the BP adjoint ||dl_b/dh_l|| at feed-forward", "1"),
+}
+TRACE_DIMS = ("time", "layer", "sample", "unit")
+
+
+def _series_dims(name: str) -> tuple[str, ...]:
+    if name in SERIES_LAYER:
+        return ("time", "layer")
+    if name in SERIES_WEIGHT:
+        return ("time", "weight")
+    return ("time",)
+
+
+def _trace(name: str, arr: np.ndarray, res: RunResult, coords: dict) -> xr.DataArray:
+    da = xr.DataArray(arr, dims=TRACE_DIMS,
+                      coords={"layer": res.layers, "sample": coords["sample"],
+                              "unit": coords["unit"]})
+    if not res.all_layers:
+        # Unrecorded layers are NaN on the full `layer` axis; chunk first so the fill stays
+        # lazy (dask) and never materialises a full-depth array in memory.
+        da = da.chunk({"layer": 1}).reindex(layer=coords["layer"])
+    return da
+
+
+def build_dataset(cfg: Config, res: RunResult, command: str | None = None) -> xr.Dataset:
+    n_h, n_w = res.n_hidden, len(res.grads)
+    coords = {
+        "time": ("time", res.steps * res.dt, {"long_name": "simulated time", "units": "ms"}),
+        "step": ("time", res.steps, {"long_name": "integration step", "units": "1"}),
+        "layer": ("layer", np.arange(1, n_h + 1), {"long_name": "hidden layer l (1 .. L-1)"}),
+        "sample": ("sample", res.samples, {"long_name": "index in the batch"}),
+        "unit": ("unit", res.units, {"long_name": "unit within the layer"}),
+        "weight": ("weight", np.arange(1, n_w + 1),
+                   {"long_name": "weight matrix W_l (1 .. L), W_l feeds layer l"}),
+    }
+    data_vars = {}
+    plain = {k: v[1] for k, v in coords.items()}
+    for name, arr in res.traces.items():
+        data_vars[name] = _trace(name, arr, res, plain)
+    for name, arr in res.series.items():
+        data_vars[name] = (_series_dims(name), arr)
+    data_vars["bp_adjoint_norm"] = (("layer",), res.bp_adjoint_norm)
+    for i, (g, b) in enumerate(zip(res.grads, res.bp_grads), start=1):
+        dims = (f"w{i}_out", f"w{i}_in")
+        data_vars[f"grad_w{i}"] = (dims, g, {
+            "long_name": f"final weight-update estimate dL_rho/dW_{i} (loss-gradient sign)",
+            "units": "1"})
+        data_vars[f"bp_grad_w{i}"] = (dims, b, {"long_name": f"BP gradient dl/dW_{i}",
+                                                "units": "1"})
+    ds = xr.Dataset(data_vars, coords=coords)
+    for name, (long_name, units) in VAR_ATTRS.items():
+        if name in ds:
+            ds[name].attrs.update(long_name=long_name, units=units)
+    tau_h, tau_l = cfg.rates()
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    command = command or "ctpc.simulate() (Python API)"
+    ds.attrs = {
+        "Conventions": "CF-1.10",
+        "title": f"ctpc {cfg.dynamics.method} run {cfg.name}".strip(),
+        "history": f"{now}: {command} (ctpc {__version__})",
+        "source": f"ctpc {__version__}",
+        "ctpc_version": __version__,
+        "backend": res.backend,
+        "device": res.device,
+        "method": cfg.dynamics.method,
+        "scheme": cfg.integrator.scheme,
+        "dt": cfg.integrator.dt,
+        "dt_units": "ms",
+        "tau_h": tau_h, "tau_lambda": tau_l, "tau_e": cfg.dynamics.tau_e,
+        "rho": cfg.dynamics.rho,
+        "eta_h": cfg.integrator.dt / tau_h, "alpha": cfg.integrator.dt / tau_l,
+        "activation": cfg.network.activation,
+        "depth": cfg.network.depth, "width": cfg.network.width,
+        "batch_size": cfg.data.batch_size, "dtype": cfg.dtype, "seed": cfg.seed,
+        "n_steps": cfg.integrator.n_steps,
+        "steps_completed": res.steps_completed,
+        "status": res.status,
+        "wall_time_s": res.wall_time_s,
+        "config": cfg.to_yaml(),
+    }
+    if res.diverged_at is not None:
+        ds.attrs["diverged_at"] = res.diverged_at
+    ds.attrs.update(res.extra_attrs or {})
+    return ds
+
+
+def write_netcdf(ds: xr.Dataset, path: str | Path) -> Path:
+    """Write compressed netCDF4 to ``path.tmp-PID`` and rename: an interrupted write never
+    leaves a truncated file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    encoding = {name: {"zlib": True, "complevel": 4} for name in ds.data_vars}
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def open_results(path: str | Path) -> xr.Dataset:
+    """Open a saved run (or sweep) as an ``xarray.Dataset`` (lazily loaded)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no results file at {str(path)!r}")
+    return xr.open_dataset(path, engine="netcdf4")
+
+
+def command_line() -> str:
+    return " ".join([Path(sys.executable).name, "-m", "ctpc.simulate", *sys.argv[1:]])

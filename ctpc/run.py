@@ -1,0 +1,66 @@
+"""``simulate``: config in, labelled dataset out (and a netCDF file when an output is set)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from .config import Config, ConfigError, load_config
+from .io import build_dataset, write_netcdf
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_DIVERGED = 0, 1, 2, 3
+
+
+def run_backend(cfg: Config, progress: bool):
+    if cfg.backend == "torch":
+        from .backends.torch_backend import run
+    else:
+        from .backends.brian2_backend import run
+    return run(cfg, progress=progress)
+
+
+def simulate(config, overrides=None, *, out: str | Path | None = None, progress: bool = False,
+             command: str | None = None) -> xr.Dataset:
+    """Run one simulation and return its ``xarray.Dataset``.
+
+    ``config``: a YAML path, a dict or a :class:`ctpc.config.Config`; ``overrides``: a list of
+    ``"key.path=value"`` strings or a ``{"key.path": value}`` dict. The file is written when
+    ``out`` (or ``config.output``) is set. A diverged run is returned normally with
+    ``ds.attrs["status"] == "diverged"``; check it.
+    """
+    cfg = load_config(config, overrides)
+    result = run_backend(cfg, progress)
+    ds = build_dataset(cfg, result, command)
+    target = out if out is not None else cfg.output
+    if target is not None:
+        write_netcdf(ds, target)
+        ds.attrs["path"] = str(target)
+    return ds
+
+
+def summary_table(ds: xr.Dataset, max_rows: int = 24) -> str:
+    """Final per-layer numbers: BP cosine of W_l, credit and residual norm of hidden layer l."""
+    last = ds.isel(time=-1)
+    n_w = ds.sizes["weight"]
+    rows = np.arange(1, n_w + 1)
+    if n_w > max_rows:   # long networks: evenly spaced rows, always the first and last
+        rows = np.unique(np.linspace(1, n_w, max_rows).round().astype(int))
+    lines = [f"{'layer':>6} {'bp_cos(W_l)':>12} {'bp_relerr':>10} {'credit_norm':>12} "
+             f"{'res_norm':>10}"]
+    for l in rows:
+        cos = float(last.bp_cos.sel(weight=l))
+        rel = float(last.bp_relerr.sel(weight=l))
+        if l <= ds.sizes["layer"]:
+            credit = f"{float(last.credit_norm.sel(layer=l)):12.4e}"
+            res = f"{float(last.res_norm.sel(layer=l)):10.3e}"
+        else:
+            credit, res = f"{'(output)':>12}", f"{'':>10}"
+        lines.append(f"{l:>6} {cos:12.6f} {rel:10.3e} {credit} {res}")
+    if len(rows) < n_w:
+        lines.append(f"({len(rows)} of {n_w} layers shown; all are in the file)")
+    return "\n".join(lines)
+
+
+__all__ = ["simulate", "summary_table", "ConfigError", "EXIT_OK", "EXIT_ERROR", "EXIT_CONFIG",
+           "EXIT_DIVERGED"]
