@@ -109,8 +109,9 @@ class IntegratorConfig(_Strict):
         if not given:
             raise ValueError("integrator: give the run length as integrator.steps (or t_end; "
                              "for scheme discrete, integrator.budget)")
+        # Non-default values only: a stored (fully dumped) config must re-validate.
         discrete_only = [k for k in ("budget", "inner_steps", "weight_credit_timing")
-                         if k in self.model_fields_set]
+                         if getattr(self, k) != type(self).model_fields[k].default]
         if self.scheme != "discrete" and discrete_only:
             raise ValueError(f"integrator.{discrete_only[0]} applies only to scheme 'discrete' "
                              f"(scheme is {self.scheme!r}); remove it or set scheme: discrete")

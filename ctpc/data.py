@@ -122,9 +122,11 @@ def _standardise(x: np.ndarray, cfg: DataConfig, mean: float, std: float) -> np.
 def load_batch(cfg: DataConfig, net: NetworkConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The run's batch: float64 ``x [B, D]``, ``y [B, O]``."""
     if cfg.source == "synthetic":
-        rng = np.random.default_rng([seed, 1])  # a stream separate from the weights'
-        x = rng.standard_normal((cfg.batch_size, net.input_dim))
-        return x, one_hot(rng.integers(0, net.output_dim, cfg.batch_size), net.output_dim)
+        # Streams separate from the weights' and from each other, so example i is the same
+        # whatever the batch size.
+        x = np.random.default_rng([seed, 1]).standard_normal((cfg.batch_size, net.input_dim))
+        labels = np.random.default_rng([seed, 2]).integers(0, net.output_dim, cfg.batch_size)
+        return x, one_hot(labels, net.output_dim)
     if cfg.source == "digits":
         from sklearn.datasets import load_digits
 

@@ -70,7 +70,7 @@ def build_dataset(cfg: Config, res: RunResult, command: str | None = None) -> xr
         data_vars[name] = (_series_dims(name), arr)
     data_vars["bp_adjoint_norm"] = (("layer",), res.bp_adjoint_norm)
     for i, (g, b) in enumerate(zip(res.grads, res.bp_grads), start=1):
-        dims = (f"w{i}_out", f"w{i}_in")
+        dims = (("output" if i == n_w else "post_unit"), ("input" if i == 1 else "pre_unit"))
         data_vars[f"grad_w{i}"] = (dims, g, {
             "long_name": f"final weight-update estimate dL_rho/dW_{i} (loss-gradient sign)",
             "units": "1"})
