@@ -148,6 +148,29 @@ class RecordConfig(_Strict):
     max_mb: float = Field(2048.0, gt=0, description="refuse runs whose traces exceed this")
 
 
+Brian2Target = Literal["numpy", "cython", "cpp_standalone"]
+Brian2Method = Literal["euler", "rk2", "heun", "rk4"]
+# integrator.scheme -> Brian2 state-update method. ``heun`` is the explicit trapezoid (ctpc's heun),
+# built as a Brian2 ExplicitStateUpdater: Brian2's own 'heun' is the *stochastic* Heun method, which
+# is plain Euler for deterministic equations. The Gauss-Seidel schemes need no method: they are a
+# fixed schedule of Euler updates (see the README, "Brian2 backend").
+BRIAN2_METHOD_OF_SCHEME = {"euler": "euler", "heun": "heun", "rk4": "rk4"}
+
+
+class Brian2Config(_Strict):
+    """Options of ``backend: brian2`` (ignored by the torch backend)."""
+    target: Brian2Target = Field(
+        "numpy", description="Brian2 code generation: numpy (no compiler), cython, cpp_standalone")
+    construction: Literal["synapses", "network_operation"] = Field(
+        "synapses", description="inter-layer coupling: dense Synapses with summed variables, or "
+                                "one network_operation doing the matrix products (runtime only)")
+    method: Brian2Method | None = Field(
+        None, description="Brian2 state-update method; null = from integrator.scheme")
+    build_dir: Path | None = Field(
+        None, description="cython cache and cpp_standalone projects; null = "
+                          "$XDG_CACHE_HOME/ctpc/brian2 (~/.cache/ctpc/brian2)")
+
+
 class Config(_Strict):
     name: str = ""
     description: str = ""
@@ -161,7 +184,7 @@ class Config(_Strict):
     dynamics: DynamicsConfig = Field(default_factory=DynamicsConfig)
     integrator: IntegratorConfig = Field(default_factory=lambda: IntegratorConfig(steps=100))
     record: RecordConfig = Field(default_factory=RecordConfig)
-    brian2: dict[str, Any] = Field(default_factory=dict, description="Brian2 backend options")
+    brian2: Brian2Config = Field(default_factory=Brian2Config, description="Brian2 backend options")
     sweep: dict[str, list[Any]] | None = Field(None, description="sweep axes (ctpc.sweep only)")
 
     @model_validator(mode="after")
@@ -170,6 +193,8 @@ class Config(_Strict):
             raise ValueError("integrator.scheme 'discrete' is the paper's algorithm, whose error "
                              "neurons are instantaneous: set dynamics.tau_e: 0 or pick a "
                              "continuous scheme (euler, semi_implicit, heun, rk4)")
+        if self.backend == "brian2":
+            _check_brian2(self)
         return self
 
     # ----------------------------------------------------------------- derived quantities
@@ -204,6 +229,23 @@ class Config(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _check_brian2(cfg: "Config") -> None:
+    b2, scheme = cfg.brian2, cfg.integrator.scheme
+    if cfg.device == "cuda":
+        raise ValueError("device: 'cuda' is not available with backend: brian2 (Brian2 runs on "
+                         "the CPU); set device: cpu or auto, or use backend: torch")
+    if b2.method is not None and scheme not in BRIAN2_METHOD_OF_SCHEME:
+        raise ValueError(
+            f"brian2.method ({b2.method!r}) applies to the explicit schemes only; scheme "
+            f"{scheme!r} is a fixed Gauss-Seidel schedule of Euler updates. Remove brian2.method "
+            f"or set integrator.scheme to one of {sorted(BRIAN2_METHOD_OF_SCHEME)}")
+    if b2.construction == "network_operation" and b2.target == "cpp_standalone":
+        raise ValueError(
+            "brian2.construction 'network_operation' runs Python code during the run, which "
+            "brian2.target 'cpp_standalone' cannot do; use construction: synapses with "
+            "cpp_standalone, or target: numpy / cython with network_operation")
 
 
 def _plain(obj: Any) -> Any:

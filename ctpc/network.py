@@ -126,27 +126,45 @@ class Network:
         r = torch.empty_like(h)
         r[0] = h[0] - drive
         if self.n_hidden > 1:
-            # pred_{2..H} = h_{1..H-1} + s_mid phi(h_{1..H-1}) W^T, one batched kernel
-            pred = torch.baddbmm(h[:-1], a[:-1], self.w_mid_t, alpha=self.s_mid)
-            torch.sub(h[1:], pred, out=r[1:])
-        y_hat = self.s_out * (a[-1] @ self.w_out.T)
-        return Residuals(r, y_hat, a)
+            torch.sub(h[1:], self._mid_predictions(h, a), out=r[1:])
+        return Residuals(r, self._output(a), a)
+
+    def _mid_predictions(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        # pred_{2..H} = h_{1..H-1} + s_mid phi(h_{1..H-1}) W^T, one batched kernel
+        return torch.baddbmm(h[:-1], a[:-1], self.w_mid_t, alpha=self.s_mid)
+
+    def _output(self, a: torch.Tensor) -> torch.Tensor:
+        return self.s_out * (a[-1] @ self.w_out.T)
+
+    def predictions(self, h: torch.Tensor, drive: torch.Tensor):
+        """(pred [H, B, N], y_hat [B, O]): what each layer receives from below."""
+        a = self.phi(h)
+        pred = torch.empty_like(h)
+        pred[0] = drive
+        if self.n_hidden > 1:
+            pred[1:] = self._mid_predictions(h, a)
+        return pred, self._output(a)
 
     def activity_gradient(self, h, res: Residuals, g, y) -> torch.Tensor:
         """dL/dh for composite credit g = rho*err + lam (spec section 2), per sample.
 
         dL/dh_l = g_l - J_{l+1}^T g_{l+1} (l < H), dL/dh_H = g_H + s_out phi'(h_H) W_L^T (y_hat-y).
         """
-        d = self.dphi(h, res.a)
+        return g - self.feedback(h, res.a, res.y_hat, g, y)
+
+    def feedback(self, h, a, y_hat, g, y) -> torch.Tensor:
+        """Credit each layer receives from above: J_{l+1}^T g_{l+1} (l < H) and
+        -s_out phi'(h_H) W_L^T (y_hat - y), so that dL/dh = g - feedback."""
+        d = self.dphi(h, a)
         up = torch.empty_like(h)
         if self.n_hidden > 1:
             back = self.s_mid * torch.bmm(g[1:], self.w_mid)   # s_mid W_{l+1}^T g_{l+1}
             if d is not None:
                 back = back * d[:-1]
             torch.add(g[1:], back, out=up[:-1])
-        out_err = (res.y_hat - y) @ self.w_out
+        out_err = (y_hat - y) @ self.w_out
         up[-1] = -self.s_out * (out_err if d is None else out_err * d[-1])
-        return g - up
+        return up
 
     def weight_gradients(self, res: Residuals, g, x, y):
         """dL/dW (batch means, loss-gradient sign): (W_1 [N,D], W_2..W_{L-1} [H-1,N,N], W_L [O,N])."""

@@ -1,0 +1,17 @@
+"""The Brian2 backend: the same PC / PC-ALM network as Brian2 NeuronGroups and Synapses.
+
+    run(cfg, progress=True) -> RunResult     # what ctpc.simulate calls for backend: brian2
+    equations_text(cfg) -> str               # the generated equations (--show-equations)
+    model_spec(cfg) -> ModelSpec             # the same description as data
+
+Modules: ``model`` (equations from the config), ``network`` (Brian2 objects and schedule),
+``coupling`` (the network_operation construction), ``methods`` (state updaters), ``targets``
+(code generation, build directory, compile errors), ``runner`` (run, record, divergence),
+``text`` (printing).
+"""
+from .model import model_spec
+from .runner import run
+from .targets import Brian2BuildError
+from .text import equations_text
+
+__all__ = ["run", "equations_text", "model_spec", "Brian2BuildError"]

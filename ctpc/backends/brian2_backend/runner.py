@@ -1,0 +1,230 @@
+"""Run the Brian2 network and fill the backend-neutral :class:`ctpc.results.RunResult`.
+
+Recording:
+* the traces (``record.variables`` x layers x samples x units) come from ``StateMonitor``s
+  restricted to that selection, on a clock of ``record.every`` steps;
+* the per-layer summaries (norms, energy, BP cosine) need every unit: numpy / cython hand the full
+  state to the torch backend's own :class:`ctpc.recording.Recorder` from a ``NetworkOperation``
+  at each record step (nothing full-size is stored); cpp_standalone cannot call Python during
+  the run, so it keeps full-state monitors at the record steps and reduces them afterwards.
+* the final state is read from the groups after the run; its traces, its summaries and the final
+  weight read-out ``grad_w*`` are computed by the same torch code as the torch backend.
+
+Divergence: every layer carries ``diverged_step``, set by Brian2 code on the first step whose
+state is non-finite or beyond ``integrator.divergence_bound`` (exact, per step). Runtime targets
+stop the run at the next check (every ``integrator.check_every`` steps); then the run is
+repeated up to the last bounded step, so the saved trace ends there, as with torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+
+import brian2 as b2
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ...config import Config, ConfigError
+from ...recording import Recorder, RecordPlan, plan_recording
+from ...reference import bp_reference
+from ...results import RunResult
+from ..torch_backend import DTYPES, build
+from . import targets
+from .model import SLOT_OBSERVE, SLOT_STOP, ModelSpec, model_spec
+from .network import Brian2Net, add_state_monitors, add_trace_monitors, build_network
+
+
+@dataclass
+class Outcome:
+    recorder: Recorder
+    traces: dict[str, np.ndarray]   # var -> [T, layers, samples, units]
+    final: torch.Tensor             # S at the last step run
+    steps_run: int                  # ctpc steps
+    diverged_step: int | None       # first ctpc step out of bounds
+
+
+class _Context:
+    """What every (re)run of one config shares: torch-side network, batch, BP, record plan."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.plan = plan_recording(cfg)                   # refuses oversized traces first
+        self.spec = model_spec(cfg)
+        self.dtype = DTYPES[cfg.dtype]
+        self.net, self.dyn = build(cfg, torch.device("cpu"))
+        self.weights = [w.numpy() for w in self.net.split_weights(
+            (self.net.w_in, self.net.w_mid, self.net.w_out))]
+        self.bp = bp_reference(self.net, self.dyn.x, self.dyn.y)
+        if cfg.brian2.target == "cpp_standalone":
+            check_state_monitor_size(cfg, self.plan, self.spec)
+
+    def recorder(self, plan: RecordPlan | None = None) -> Recorder:
+        return Recorder(self.dyn, plan or self.plan, self.bp)
+
+
+def check_state_monitor_size(cfg: Config, plan: RecordPlan, spec: ModelSpec) -> None:
+    itemsize = 4 if cfg.dtype == "float32" else 8
+    n_pop = 3 if spec.leaky else 2
+    mb = len(plan.steps) * n_pop * spec.n_hidden * spec.batch * spec.width * itemsize / 2**20
+    if mb > cfg.record.max_mb:
+        raise ConfigError(
+            f"record: brian2.target cpp_standalone keeps the full state of every layer at each "
+            f"record step to compute the per-layer summaries after the run: {mb:,.0f} MB "
+            f"({len(plan.steps)} record steps), above record.max_mb = {cfg.record.max_mb:g}. "
+            f"Raise record.every (now {cfg.record.every}) or record.max_mb, or use brian2.target "
+            f"numpy / cython, which reduce the state during the run.")
+
+
+def _trace_array(monitors, plan: RecordPlan, var: str) -> np.ndarray:
+    """[T, layers, samples, units] from the per-layer monitors."""
+    n_s, n_u = len(plan.samples), len(plan.units)
+    per_layer = [np.asarray(getattr(monitors[int(l)], var)).T.reshape(-1, n_s, n_u)
+                 for l in plan.layers]
+    return np.stack(per_layer, axis=1)
+
+
+def _final_traces(ctx: _Context, step: int, S: torch.Tensor) -> dict[str, np.ndarray]:
+    # The Brian2 run ends before its next prediction update, so err/credit of the final state
+    # come from the torch read-out of that state (ctpc.recording.Recorder, as on torch).
+    rec = ctx.recorder(dataclasses.replace(ctx.plan, steps=np.array([step])))
+    rec.record(step, S)
+    return rec.to_numpy()[0]
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False)
+
+    def report(elapsed, completed, start, duration):
+        bar.n = int(round(completed * total))
+        bar.refresh()
+    return bar, report
+
+
+def simulate_steps(ctx: _Context, n_steps: int, progress: bool, watch: bool) -> Outcome:
+    """Build and run the Brian2 network for ``n_steps`` ctpc steps."""
+    cfg, spec, plan = ctx.cfg, ctx.spec, ctx.plan
+    if n_steps == 0:   # nothing to integrate (diverged on the first step): the initial state
+        S0 = ctx.dyn.initial_state()
+        rec = ctx.recorder(dataclasses.replace(plan, variables=()))
+        rec.record(0, S0)
+        return Outcome(rec, _final_traces(ctx, 0, S0), S0, 0, None)
+    it, inner = cfg.integrator, spec.inner_steps
+    standalone = cfg.brian2.target == "cpp_standalone"
+    x, y = ctx.dyn.x.numpy(), ctx.dyn.y.numpy()
+    with targets.session(cfg):
+        bn = build_network(spec, cfg, ctx.net, ctx.dyn, ctx.weights, x, y, cfg.record.every,
+                           cfg.brian2.construction)
+        monitors = add_trace_monitors(bn, plan)
+        rec = ctx.recorder(dataclasses.replace(plan, variables=()))
+        dt_ms = it.dt
+        ctpc_step = lambda t: int(round(float(t / b2.ms) / dt_ms)) // inner
+        state_mons = []
+        if standalone:
+            state_mons = add_state_monitors(bn)
+        else:
+            def summarise(t):
+                rec.record(ctpc_step(t), bn.state_tensor(ctx.dtype))
+            bn.net.add(b2.NetworkOperation(summarise, clock=bn.record_clock, when=SLOT_OBSERVE[0],
+                                           order=SLOT_OBSERVE[1], name="summaries"))
+            if watch:
+                check_clock = b2.Clock(bn.sim_clock.dt * it.check_every * inner,
+                                       name="check_clock")
+
+                def stop_if_diverged():
+                    if bn.first_diverged_step() is not None:
+                        bn.net.stop()
+                bn.net.add(b2.NetworkOperation(stop_if_diverged, clock=check_clock,
+                                               when=SLOT_STOP[0], order=SLOT_STOP[1],
+                                               name="stop_if_diverged"))
+        duration = n_steps * inner * bn.sim_clock.dt
+        project = targets.standalone_dir(cfg, spec.structure_hash()) if standalone else None
+        bar, report = _progress(n_steps, progress and not standalone,
+                                f"{cfg.name or 'ctpc'} {it.scheme} brian2/{cfg.brian2.target}")
+        with bar, np.errstate(all="ignore"), _compile_errors(cfg, project):
+            bn.net.run(duration, namespace=bn.namespace, report=report if progress else None,
+                       report_period=0.5 * b2.second)
+            if standalone:
+                with targets.project_lock(project):
+                    b2.device.build(directory=str(project), compile=True, run=True,
+                                    with_output=False)
+                    return _collect(ctx, bn, rec, monitors, state_mons, ctpc_step)
+        return _collect(ctx, bn, rec, monitors, state_mons, ctpc_step)
+
+
+class _compile_errors:
+    """Re-raise a failed compile as Brian2BuildError (names the target and the fallback)."""
+
+    def __init__(self, cfg, project):
+        self.cfg, self.project = cfg, project
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or isinstance(exc, targets.Brian2BuildError):
+            return False
+        where = self.project
+        if where is None and self.cfg.brian2.target == "cython":
+            where = targets.build_dir(self.cfg) / "cython"
+        failure = targets.compile_failure(exc, self.cfg, where)
+        if failure is not None:
+            raise failure from exc
+        return False
+
+
+def _collect(ctx: _Context, bn: Brian2Net, rec: Recorder, monitors, state_mons,
+             ctpc_step) -> Outcome:
+    inner = ctx.spec.inner_steps
+    brian_steps = int(round(float(bn.net.t / bn.sim_clock.dt)))
+    steps_run = brian_steps // inner
+    bad = bn.first_diverged_step()
+    diverged = None if bad is None else math.ceil(bad / inner)
+    for i, t in enumerate(state_mons[0].t if state_mons else []):
+        S = torch.as_tensor(np.stack([
+            np.stack([np.asarray(getattr(m, v))[:, i].reshape(ctx.spec.batch, ctx.spec.width)
+                      for m in state_mons])
+            for v in ["h", "lam"] + (["err"] if ctx.spec.leaky else [])]), dtype=ctx.dtype)
+        rec.record(ctpc_step(t), S)
+    traces = {v: _trace_array(monitors, ctx.plan, v) for v in ctx.plan.variables}
+    final = bn.state_tensor(ctx.dtype)
+    if not rec.recorded_steps or rec.recorded_steps[-1] != steps_run:
+        rec.record(steps_run, final)
+        last = _final_traces(ctx, steps_run, final)
+        traces = {v: np.concatenate([traces[v], last[v]]) for v in traces}
+    return Outcome(rec, traces, final, steps_run, diverged)
+
+
+def run(cfg: Config, progress: bool = True) -> RunResult:
+    t0 = time.perf_counter()
+    ctx = _Context(cfg)
+    n = cfg.integrator.n_steps
+    out = simulate_steps(ctx, n, progress, watch=True)
+    if out.diverged_step is not None:
+        # Repeat the run up to the last bounded step: its state is the final one, and the
+        # trace ends there (the torch backend replays its last chunk the same way).
+        diverged_step = out.diverged_step
+        out = simulate_steps(ctx, diverged_step - 1, False, watch=False)
+    else:
+        diverged_step = None
+    net, dyn = ctx.net, ctx.dyn
+    with torch.no_grad():
+        grads = net.split_weights(dyn.weight_gradients(out.final, dyn.residuals(out.final)))
+    series = out.recorder.to_numpy()[1]
+    to_np = lambda ts: [t.detach().cpu().numpy() for t in ts]
+    return RunResult(
+        steps=np.asarray(out.recorder.recorded_steps), dt=cfg.integrator.dt, traces=out.traces,
+        series=series, grads=to_np(grads), bp_grads=to_np(ctx.bp.grads),
+        bp_adjoint_norm=ctx.bp.adjoints.square().sum(-1).mean(-1).sqrt().cpu().numpy(),
+        layers=ctx.plan.layers, samples=ctx.plan.samples, units=ctx.plan.units,
+        all_layers=ctx.plan.all_layers, n_hidden=net.n_hidden,
+        status="ok" if diverged_step is None else "diverged",
+        diverged_at=None if diverged_step is None else diverged_step * cfg.integrator.dt,
+        steps_completed=out.steps_run, backend="brian2", device="cpu",
+        wall_time_s=time.perf_counter() - t0,
+        extra_attrs={"brian2_version": b2.__version__, "brian2_target": cfg.brian2.target,
+                     "brian2_construction": cfg.brian2.construction,
+                     "brian2_method": ctx.spec.method,
+                     "brian2_schedule": "gauss_seidel" if ctx.spec.gauss_seidel else "explicit"})
