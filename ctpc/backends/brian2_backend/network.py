@@ -34,7 +34,7 @@ class Brian2Net:
     def state_array(self, name: str) -> np.ndarray:
         """[H, B, N] copy of a layer variable (works before and after a standalone run)."""
         b, n = self.spec.batch, self.spec.width
-        return np.stack([np.asarray(g.variables[name].get_value() if _runtime()
+        return np.stack([np.asarray(g.variables[name].get_value() if is_runtime()
                                     else getattr(g, name)[:]).reshape(b, n)
                          for g in self.layers])
 
@@ -50,7 +50,7 @@ class Brian2Net:
         return int(bad.min()) if bad.size else None
 
 
-def _runtime() -> bool:
+def is_runtime() -> bool:
     return isinstance(b2.get_device(), RuntimeDevice)
 
 
@@ -95,6 +95,8 @@ def build_network(spec: ModelSpec, cfg, net_t, dyn: Dynamics, weights, x, y,
     dt = cfg.integrator.dt * b2.ms
     sim_clock = b2.Clock(dt, name="sim_clock")
     record_clock = b2.Clock(dt * record_every * spec.inner_steps, name="record_clock")
+    # (the caller caps record_every at the run length: Brian2 gives a clock whose dt exceeds
+    # the run an end step of 0, and if it happens to be picked first nothing runs at all)
     groups = {}
     for g in spec.groups:
         kwargs = {} if g.method is None else {"method": state_update_method(g.method)}

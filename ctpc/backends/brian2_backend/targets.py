@@ -11,6 +11,7 @@ from pathlib import Path
 
 import brian2 as b2
 import numpy as np
+from brian2.devices.device import reset_device
 
 from ...config import Config, ConfigError
 
@@ -57,7 +58,7 @@ def session(cfg: Config):
     finally:
         if target == "cpp_standalone":
             b2.get_device().reinit()
-            b2.reset_device()
+            reset_device()
         for k, v in saved.items():
             b2.prefs[k] = v
 
