@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ...config import BRIAN2_METHOD_OF_SCHEME, Config
 
@@ -92,7 +92,6 @@ class ModelSpec:
     synapses: list[SynapsesSpec]
     operations: list[OperationSpec]
     layer_equations: str = ""
-    notes: list[str] = field(default_factory=list)
 
     @property
     def layer_names(self) -> list[str]:

@@ -107,53 +107,68 @@ def _progress(total: int, enabled: bool, desc: str):
 
 def simulate_steps(ctx: _Context, n_steps: int, progress: bool, watch: bool) -> Outcome:
     """Build and run the Brian2 network for ``n_steps`` ctpc steps."""
-    cfg, spec, plan = ctx.cfg, ctx.spec, ctx.plan
+    cfg = ctx.cfg
     if n_steps == 0:   # nothing to integrate (diverged on the first step): the initial state
         S0 = ctx.dyn.initial_state()
-        rec = ctx.recorder(dataclasses.replace(plan, variables=()))
+        rec = ctx.recorder(dataclasses.replace(ctx.plan, variables=()))
         rec.record(0, S0)
         return Outcome(rec, _final_traces(ctx, 0, S0), S0, 0, None)
-    it, inner = cfg.integrator, spec.inner_steps
     standalone = cfg.brian2.target == "cpp_standalone"
-    x, y = ctx.dyn.x.numpy(), ctx.dyn.y.numpy()
-    with targets.session(cfg):
-        bn = build_network(spec, cfg, ctx.net, ctx.dyn, ctx.weights, x, y,
-                           min(cfg.record.every, n_steps), cfg.brian2.construction)
-        monitors = add_trace_monitors(bn, plan)
-        rec = ctx.recorder(dataclasses.replace(plan, variables=()))
-        dt_ms = it.dt
-        ctpc_step = lambda t: int(round(float(t / b2.ms) / dt_ms)) // inner
-        state_mons = []
-        if standalone:
-            state_mons = add_state_monitors(bn)
-        else:
-            def summarise(t):
-                rec.record(ctpc_step(t), bn.state_tensor(ctx.dtype))
-            bn.net.add(b2.NetworkOperation(summarise, clock=bn.record_clock, when=SLOT_OBSERVE[0],
-                                           order=SLOT_OBSERVE[1], name="summaries"))
-            if watch:
-                check_clock = b2.Clock(bn.sim_clock.dt * min(it.check_every, n_steps) * inner,
-                                       name="check_clock")
-
-                def stop_if_diverged():
-                    if bn.first_diverged_step() is not None:
-                        bn.net.stop()
-                bn.net.add(b2.NetworkOperation(stop_if_diverged, clock=check_clock,
-                                               when=SLOT_STOP[0], order=SLOT_STOP[1],
-                                               name="stop_if_diverged"))
-        duration = n_steps * inner * bn.sim_clock.dt
-        project = targets.standalone_dir(cfg, spec.structure_hash()) if standalone else None
+    project = targets.standalone_dir(cfg, ctx.spec.structure_hash()) if standalone else None
+    # cython compiles while objects are created (synapse creation is code too): both the
+    # assembly and the run are inside the compile-error translation
+    with targets.session(cfg), _compile_errors(cfg, project), np.errstate(all="ignore"):
+        run = _assemble(ctx, n_steps, watch)
         bar, report = _progress(n_steps, progress and not standalone,
-                                f"{cfg.name or 'ctpc'} {it.scheme} brian2/{cfg.brian2.target}")
-        with bar, np.errstate(all="ignore"), _compile_errors(cfg, project):
-            bn.net.run(duration, namespace=bn.namespace, report=report if progress else None,
-                       report_period=0.5 * b2.second)
-            if standalone:
-                with targets.project_lock(project):
-                    b2.device.build(directory=str(project), compile=True, run=True,
-                                    with_output=False)
-                    return _collect(ctx, bn, rec, monitors, state_mons, ctpc_step, n_steps)
-        return _collect(ctx, bn, rec, monitors, state_mons, ctpc_step, n_steps)
+                                f"{cfg.name or 'ctpc'} {cfg.integrator.scheme} "
+                                f"brian2/{cfg.brian2.target}")
+        with bar:
+            run.bn.net.run(n_steps * ctx.spec.inner_steps * run.bn.sim_clock.dt,
+                           namespace=run.bn.namespace, report=report if progress else None,
+                           report_period=0.5 * b2.second)
+        if not standalone:
+            return _collect(ctx, run, n_steps)
+        with targets.project_lock(project):
+            b2.device.build(directory=str(project), compile=True, run=True, with_output=False)
+            return _collect(ctx, run, n_steps)
+
+
+@dataclass
+class _Assembled:
+    bn: Brian2Net
+    monitors: dict                  # layer -> trace StateMonitor
+    state_monitors: list            # cpp_standalone: full-state monitors per layer
+    recorder: Recorder              # per-layer summaries (no traces)
+
+    def ctpc_step(self, t) -> int:
+        brian_step = int(round(float(t / self.bn.sim_clock.dt)))
+        return brian_step // self.bn.spec.inner_steps
+
+
+def _assemble(ctx: _Context, n_steps: int, watch: bool) -> _Assembled:
+    cfg, plan, inner = ctx.cfg, ctx.plan, ctx.spec.inner_steps
+    bn = build_network(ctx.spec, cfg, ctx.net, ctx.dyn, ctx.weights, ctx.dyn.x.numpy(),
+                       ctx.dyn.y.numpy(), min(cfg.record.every, n_steps), cfg.brian2.construction)
+    run = _Assembled(bn, add_trace_monitors(bn, plan), [],
+                     ctx.recorder(dataclasses.replace(plan, variables=())))
+    if cfg.brian2.target == "cpp_standalone":
+        run.state_monitors = add_state_monitors(bn)
+        return run
+
+    def summarise(t):
+        run.recorder.record(run.ctpc_step(t), bn.state_tensor(ctx.dtype))
+    bn.net.add(b2.NetworkOperation(summarise, clock=bn.record_clock, when=SLOT_OBSERVE[0],
+                                   order=SLOT_OBSERVE[1], name="summaries"))
+    if watch:
+        check_every = min(cfg.integrator.check_every, n_steps)
+        check_clock = b2.Clock(bn.sim_clock.dt * check_every * inner, name="check_clock")
+
+        def stop_if_diverged():
+            if bn.first_diverged_step() is not None:
+                bn.net.stop()
+        bn.net.add(b2.NetworkOperation(stop_if_diverged, clock=check_clock, when=SLOT_STOP[0],
+                                       order=SLOT_STOP[1], name="stop_if_diverged"))
+    return run
 
 
 class _compile_errors:
@@ -177,24 +192,24 @@ class _compile_errors:
         return False
 
 
-def _collect(ctx: _Context, bn: Brian2Net, rec: Recorder, monitors, state_mons,
-             ctpc_step, n_steps: int) -> Outcome:
-    inner = ctx.spec.inner_steps
-    brian_steps = int(bn.sim_clock.variables["timestep"].get_value()[0]) if is_runtime() \
-        else n_steps * inner
-    steps_run = brian_steps // inner
+def _collect(ctx: _Context, run: _Assembled, n_steps: int) -> Outcome:
+    bn, rec, spec = run.bn, run.recorder, ctx.spec
+    brian_steps = (int(bn.sim_clock.variables["timestep"].get_value()[0]) if is_runtime()
+                   else n_steps * spec.inner_steps)
+    steps_run = brian_steps // spec.inner_steps
     bad = bn.first_diverged_step()
-    diverged = None if bad is None else math.ceil(bad / inner)
+    diverged = None if bad is None else math.ceil(bad / spec.inner_steps)
     if diverged is None and steps_run != n_steps:
-        raise RuntimeError(f"Brian2 ran {brian_steps} of the {n_steps * inner} steps asked for "
-                           "without diverging (a scheduling problem: please report it)")
-    for i, t in enumerate(state_mons[0].t if state_mons else []):
-        S = torch.as_tensor(np.stack([
-            np.stack([np.asarray(getattr(m, v))[:, i].reshape(ctx.spec.batch, ctx.spec.width)
-                      for m in state_mons])
-            for v in ["h", "lam"] + (["err"] if ctx.spec.leaky else [])]), dtype=ctx.dtype)
-        rec.record(ctpc_step(t), S)
-    traces = {v: _trace_array(monitors, ctx.plan, v) for v in ctx.plan.variables}
+        raise RuntimeError(f"Brian2 ran {brian_steps} of the {n_steps * spec.inner_steps} steps "
+                           "asked for without diverging (a scheduling problem: please report it)")
+    if run.state_monitors:   # cpp_standalone: reduce the recorded full states now
+        names = ["h", "lam"] + (["err"] if spec.leaky else [])
+        columns = {v: [np.asarray(getattr(m, v)) for m in run.state_monitors] for v in names}
+        for i, t in enumerate(run.state_monitors[0].t):
+            S = np.stack([np.stack([c[:, i].reshape(spec.batch, spec.width) for c in columns[v]])
+                          for v in names])
+            rec.record(run.ctpc_step(t), torch.as_tensor(S, dtype=ctx.dtype))
+    traces = {v: _trace_array(run.monitors, ctx.plan, v) for v in ctx.plan.variables}
     final = bn.state_tensor(ctx.dtype)
     if not rec.recorded_steps or rec.recorded_steps[-1] != steps_run:
         rec.record(steps_run, final)

@@ -60,23 +60,26 @@ def equations_text(cfg: Config) -> str:
     for g in spec.groups:
         if g.name.startswith("layer_") and g.name != "layer_1":
             continue
-        title = g.name
-        if g.name == "layer_1":
-            title = (f"layer_1 ... layer_{spec.n_hidden}" if spec.n_hidden > 1 else "layer_1")
+        title, size = g.name, f"{g.size} neurons"
+        if g.name == "layer_1" and spec.n_hidden > 1:
+            title, size = f"layer_1 ... layer_{spec.n_hidden}", f"{g.size} neurons each"
         method = f", method {spec.method!r}" if g.method else ""
-        lines += ["", f"## NeuronGroup {title} ({g.size} neurons each{method}): {g.what}",
+        lines += ["", f"## NeuronGroup {title} ({size}{method}): {g.what}",
                   _indent(g.equations)]
     if b2c.construction == "synapses":
         shown = spec.synapses if len(spec.synapses) <= 3 else \
             [spec.synapses[0], spec.synapses[1], spec.synapses[-1]]
         for s in shown:
-            title = s.name
+            title, what, model = s.name, s.what, s.model
             if s is spec.synapses[1] and len(spec.synapses) > 3:
-                title = f"W_l, l = 2 ... {len(spec.synapses) - 1} (layer_(l-1) -> layer_l)"
-            lines += ["", f"## Synapses {title}: {s.what}",
+                last = len(spec.synapses) - 1
+                title = f"W_2 ... W_{last}"
+                what = what.replace("layer_1 -> layer_2", "layer_(l-1) -> layer_l")
+                model = model.replace("W_2[", "W_l[")
+            lines += ["", f"## Synapses {title}: {what}",
                       f"#  dense within each sample: connect(i, j) for sample_pre == sample_post, "
                       f"{s.n_pre} x {s.n_post} synapses per sample; w = W[unit_post, unit_pre]",
-                      _indent(s.model)]
+                      _indent(model)]
     else:
         lines += ["", "## Coupling (network_operation, runtime targets only)",
                   _indent("coupling_predict:  pred_1 = s_in W_1 x;  pred_l = h_(l-1) + s_mid W_l "
