@@ -3,6 +3,7 @@
     run(cfg, progress=True) -> RunResult     # what ctpc.simulate calls for backend: brian2
     equations_text(cfg) -> str               # the generated equations (--show-equations)
     model_spec(cfg) -> ModelSpec             # the same description as data
+    build(cfg, edit=None) -> Brian2Net       # the Brian2 objects, to extend in Brian2
 
 Modules: ``model`` (equations from the config), ``network`` (Brian2 objects and schedule),
 ``coupling`` (the network_operation construction), ``methods`` (state updaters), ``targets``
@@ -10,8 +11,9 @@ Modules: ``model`` (equations from the config), ``network`` (Brian2 objects and 
 ``text`` (printing).
 """
 from .model import model_spec
-from .runner import run
+from .network import Brian2Net
+from .runner import build, run
 from .targets import Brian2BuildError
 from .text import equations_text
 
-__all__ = ["run", "equations_text", "model_spec", "Brian2BuildError"]
+__all__ = ["run", "equations_text", "model_spec", "build", "Brian2Net", "Brian2BuildError"]

@@ -32,7 +32,8 @@ from ...config import Config, ConfigError
 from ...recording import Recorder, RecordPlan, plan_recording
 from ...reference import bp_reference
 from ...results import RunResult
-from ..torch_backend import DTYPES, build
+from ..torch_backend import DTYPES
+from ..torch_backend import build as build_torch
 from . import targets
 from .model import SLOT_OBSERVE, SLOT_STOP, ModelSpec, model_spec
 from .network import (Brian2Net, is_runtime, add_state_monitors, add_trace_monitors,
@@ -56,7 +57,7 @@ class _Context:
         self.plan = plan_recording(cfg)                   # refuses oversized traces first
         self.spec = model_spec(cfg)
         self.dtype = DTYPES[cfg.dtype]
-        self.net, self.dyn = build(cfg, torch.device("cpu"))
+        self.net, self.dyn = build_torch(cfg, torch.device("cpu"))
         self.weights = [w.numpy() for w in self.net.split_weights(
             (self.net.w_in, self.net.w_mid, self.net.w_out))]
         self.bp = bp_reference(self.net, self.dyn.x, self.dyn.y)
@@ -264,3 +265,27 @@ def run(cfg: Config, progress: bool = True) -> RunResult:
                      "brian2_schedule": "gauss_seidel" if ctx.spec.gauss_seidel else "explicit",
                      # summed variables are constant within a step: coupling is first order
                      "brian2_coupling_order": 1})
+
+
+def build(cfg, edit=None) -> Brian2Net:
+    """The model as Brian2 objects, initial state set, not run: for extending it in Brian2.
+
+    ``cfg``: a Config, YAML path or dict (validated like everywhere else); ``edit``: an optional
+    function that may change the :class:`~.model.ModelSpec` (equations, constants) before the
+    objects are created. Runtime targets only (numpy, cython); the target and float precision
+    are set as Brian2 preferences and left set. Run it with
+    ``bn.net.run(duration, namespace=bn.namespace)``.
+    """
+    from ...config import load_config
+    cfg = load_config(cfg)
+    if cfg.brian2.target == "cpp_standalone":
+        raise ConfigError("brian2_backend.build() returns runtime objects: use brian2.target "
+                          "numpy or cython (cpp_standalone runs through ctpc.simulate)")
+    ctx = _Context(cfg)
+    if edit is not None:
+        edit(ctx.spec)
+    b2.prefs["codegen.target"] = cfg.brian2.target
+    b2.prefs["core.default_float_dtype"] = np.float64 if cfg.dtype == "float64" else np.float32
+    return build_network(ctx.spec, cfg, ctx.net, ctx.dyn, ctx.weights, ctx.dyn.x.numpy(),
+                         ctx.dyn.y.numpy(), 1, cfg.brian2.construction)
+
