@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import ctpc
@@ -225,6 +226,33 @@ def test_printed_equations_are_valid_brian2():
             brian2.Equations(g.equations)
         for s in spec.synapses:
             brian2.Equations(s.model)
+
+
+def test_build_and_extend_in_brian2():
+    """The README's extension example: the built objects are the model ctpc.simulate runs, and
+    an edited equation (noise on the activity neurons) changes what runs."""
+    cfg = deep_config(backend="brian2", integrator={"steps": 20})
+    ref = ctpc.simulate(cfg)
+    bn = brian2_backend.build(cfg)
+    mon = brian2.StateMonitor(bn.layers[0], ["h", "credit"], record=range(4),
+                              when="before_groups", order=2)
+    bn.net.add(mon)
+    bn.net.run(20 * 0.5 * brian2.ms, namespace=bn.namespace)
+    final = bn.state_tensor(torch.float64).numpy()
+    assert rel_diff(final[0], ref.h.isel(time=-1).values) <= RTOL
+    assert rel_diff(np.asarray(mon.h).T, ref.h.sel(layer=1, sample=0).values[:20, :4]) <= RTOL
+
+    def noisy(spec):
+        for g in spec.groups:
+            if g.name.startswith("layer_"):
+                g.equations = g.equations.replace(
+                    "dh/dt = (fb - credit) / tau_h",
+                    "dh/dt = (fb - credit) / tau_h + sigma * xi / sqrt(tau_h)")
+        spec.constants["sigma"] = (0.05, "1")
+    bn = brian2_backend.build(cfg, edit=noisy)
+    bn.net.run(20 * 0.5 * brian2.ms, namespace=bn.namespace)
+    h = bn.state_array("h")
+    assert np.isfinite(h).all() and np.abs(h - ref.h.isel(time=-1).values).max() > 1e-3
 
 
 # ----------------------------------------------------------------------------- methods
