@@ -7,7 +7,10 @@ at the first and last step only), so the integration dominates.
 
 Every configuration runs in its own subprocess, single-threaded (OMP_NUM_THREADS=1, Brian2's
 targets are single-threaded too), and reports its simulate wall time and its peak RSS (the
-process itself or, for cpp_standalone, the compiled binary it runs, whichever is larger).
+process itself or, for cpp_standalone, the compiled binary it runs, whichever is larger). "Run
+time" is the whole ``ctpc.simulate`` call (network construction, run, read-out); "of which
+Brian2 run" is ``Network.run`` (runtime targets, code-object set-up included) or the compiled
+binary alone (cpp_standalone).
 Compiled targets run twice: the first run builds into a fresh build directory (its whole
 process time is reported as "cold build"; cython: a 1-step run, as its code does not depend on
 the run length), the second is timed warm. The final energy of every variant is compared with torch's
@@ -70,6 +73,7 @@ def child(spec: str) -> None:
     kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
              resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     print(json.dumps({"wall_s": ds.attrs["wall_time_s"], "peak_mb": kb / 1024,
+                      "brian2_run_s": ds.attrs.get("brian2_run_s"),
                       "energy": float(ds.energy.isel(time=-1)), "status": ds.attrs["status"]}))
 
 
@@ -144,16 +148,18 @@ def row_text(width, depth, variant, res, cold, ref) -> str:
 
 
 def table(rows) -> str:
-    lines = ["| N | L | variant | run time (s) | peak RSS (MB) | cold build, whole process (s) | "
-             "final energy vs torch |", "|---|---|---|---|---|---|---|"]
+    lines = ["| N | L | variant | run time (s) | of which Brian2 run (s) | peak RSS (MB) | "
+             "cold build, whole process (s) | final energy vs torch |",
+             "|---|---|---|---|---|---|---|---|"]
     for width, depth, variant, res, cold, ref in rows:
         if "error" in res:
-            lines.append(f"| {width} | {depth} | {variant} | {res['error']} | | | |")
+            lines.append(f"| {width} | {depth} | {variant} | {res['error']} | | | | |")
             continue
+        b2_run = "" if res.get("brian2_run_s") is None else f"{res['brian2_run_s']:.2f}"
         cold_txt = "" if cold is None else (cold.get("error") or f"{cold['process_s']:.0f}")
         agree = "" if ref is None or variant == "torch" else \
             f"{abs(res['energy'] - ref) / abs(ref):.0e}"
-        lines.append(f"| {width} | {depth} | {variant} | {res['wall_s']:.2f} | "
+        lines.append(f"| {width} | {depth} | {variant} | {res['wall_s']:.2f} | {b2_run} | "
                      f"{res['peak_mb']:.0f} | {cold_txt} | {agree} |")
     return "\n".join(lines)
 

@@ -25,11 +25,13 @@ GAUSS_SEIDEL = ("semi_implicit", "discrete")
 # summed-variable updater at ('groups', -1) and breaks ties by name, so W_l's feedback (name
 # '..._fb_pre') would run before its prediction ('..._pred_post') and read a stale prediction.
 # Every updater gets an explicit slot instead.
-SLOT_PREDICT_EXPLICIT = ("before_groups", 0)   # explicit schemes: predictions from the old state
-SLOT_FEEDBACK = ("before_groups", 1)           # credit fed back: reads the predictions
-SLOT_OBSERVE = ("before_groups", 2)            # monitors / summaries: the state of this step
-SLOT_PREDICT_GS = ("after_groups", 0)          # Gauss-Seidel: predictions from the new activity
-SLOT_DUAL = ("after_groups", 1)                # Gauss-Seidel: error and multiplier neurons
+SLOT_RATES_EXPLICIT = ("before_groups", 0)     # explicit schemes: phi(h), phi'(h) of the old state
+SLOT_PREDICT_EXPLICIT = ("before_groups", 1)   # explicit schemes: predictions from the old state
+SLOT_FEEDBACK = ("before_groups", 2)           # credit fed back: reads the predictions
+SLOT_OBSERVE = ("before_groups", 3)            # monitors / summaries: the state of this step
+SLOT_RATES_GS = ("after_groups", 0)            # Gauss-Seidel: phi, phi' of the new activity
+SLOT_PREDICT_GS = ("after_groups", 1)          # Gauss-Seidel: predictions from the new activity
+SLOT_DUAL = ("after_groups", 2)                # Gauss-Seidel: error and multiplier neurons
 SLOT_BOUNDS = ("end", 0)                       # divergence flag on the new state
 SLOT_STOP = ("end", 1)                         # runtime only: stop early once diverged
 
@@ -39,6 +41,10 @@ ACTIVATIONS = {
     "tanh": ("tanh(h)", "1 - phi*phi"),
     "relu": ("clip(h, 0, inf)", "int(h > 0)"),
 }
+# phi and phi' are stored per neuron and set once per step (operation "rates"), not written as
+# subexpressions: a subexpression of the presynaptic group is evaluated once per *synapse*, i.e.
+# B N^2 tanh calls per layer and step instead of B N. Only the summed variables read them, and
+# those are once per step anyway, so this is exact for every method.
 
 
 @dataclass
@@ -112,6 +118,11 @@ def brian2_method(cfg: Config) -> str:
     return cfg.brian2.method or BRIAN2_METHOD_OF_SCHEME[cfg.integrator.scheme]
 
 
+def rates_code(activation: str) -> str:
+    phi, dphi = ACTIVATIONS[activation]
+    return f"phi = {phi}\ndphi = {dphi}"
+
+
 def _layer_equations(leaky: bool, has_lambda: bool, gauss_seidel: bool, activation: str) -> str:
     phi, dphi = ACTIVATIONS[activation]
     lines = ["dh/dt = (fb - credit) / tau_h : 1    # activity neurons: tau_h dh/dt = -dL/dh"]
@@ -129,8 +140,8 @@ def _layer_equations(leaky: bool, has_lambda: bool, gauss_seidel: bool, activati
         lines.append("err = h - pred : 1    # instantaneous error neurons: the residual r")
     lines += [
         "credit = rho * err + lam : 1    # composite credit g, sent down and to the weights",
-        f"phi = {phi} : 1    # rate sent up",
-        f"dphi = {dphi} : 1    # slope phi'(h), gates the credit sent down",
+        f"phi : 1    # rate sent up, {phi} (set once per step by layer_l_rates)",
+        f"dphi : 1    # slope phi'(h) = {dphi}, gates the credit sent down (layer_l_rates)",
         "pred : 1    # prediction from the layer below (summed variable)",
         "fb : 1    # credit fed back from above, J^T g (summed variable)",
         "diverged_step : integer    # first step whose state left the bound (-1: none)",
@@ -225,7 +236,9 @@ def model_spec(cfg: Config) -> ModelSpec:
         depth - 1, width, d_out, False, "yhat_post", "fb_pre",
         f"layer_{n_hidden} -> output: yhat = s_out W_L phi(h_H); fb = -s_out phi' W_L^T (yhat - y)"))
 
-    operations = []
+    operations = [OperationSpec(
+        "rates", rates_code(net.activation), SLOT_RATES_GS if gauss_seidel else SLOT_RATES_EXPLICIT,
+        "rate phi(h) and slope phi'(h), once per step, read by the synapses")]
     if gauss_seidel:
         dual = _dual_code(cfg, leaky, has_lambda, n_primal)
         if dual:

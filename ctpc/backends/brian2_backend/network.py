@@ -117,10 +117,14 @@ def build_network(spec: ModelSpec, cfg, net_t, dyn: Dynamics, weights, x, y,
     res0 = dyn.residuals(S0)
     h0 = S0[0].cpu().numpy()
     pred0 = (S0[0] - res0.r).cpu().numpy()
+    rates = next(op.code for op in spec.operations if op.name == "rates")
     for l, grp in enumerate(layers):
         grp.h = h0[l].ravel().astype(dtype)
         grp.pred = pred0[l].ravel().astype(dtype)
         grp.diverged_step = -1
+        for line in rates.splitlines():    # phi, dphi of the initial state, by Brian2 itself
+            var, expr = (part.strip() for part in line.split("=", 1))
+            setattr(grp, var, expr)
     groups["output"].yhat = res0.y_hat.cpu().numpy().ravel().astype(dtype)
 
     objects = list(groups.values())

@@ -47,6 +47,7 @@ class Outcome:
     final: torch.Tensor             # S at the last step run
     steps_run: int                  # ctpc steps
     diverged_step: int | None       # first ctpc step out of bounds
+    timings: dict = dataclasses.field(default_factory=dict)   # s: Brian2 run, compile
 
 
 class _Context:
@@ -123,15 +124,19 @@ def simulate_steps(ctx: _Context, n_steps: int, progress: bool, watch: bool) -> 
         bar, report = _progress(n_steps, progress and not standalone,
                                 f"{cfg.name or 'ctpc'} {cfg.integrator.scheme} "
                                 f"brian2/{cfg.brian2.target}")
+        t0 = time.perf_counter()
         with bar:
             run.bn.net.run(n_steps * ctx.spec.inner_steps * run.bn.sim_clock.dt,
                            namespace=run.bn.namespace, report=report if progress else None,
                            report_period=0.5 * b2.second)
         if not standalone:
-            return _collect(ctx, run, n_steps)
+            # runtime: the run includes creating (cython: loading or compiling) code objects
+            return _collect(ctx, run, n_steps, {"brian2_run_s": time.perf_counter() - t0})
         with targets.project_lock(project):
             b2.device.build(directory=str(project), compile=True, run=True, with_output=False)
-            return _collect(ctx, run, n_steps)
+            timers = b2.get_device().timers
+            return _collect(ctx, run, n_steps, {"brian2_run_s": timers["run_binary"],
+                                                "brian2_compile_s": timers["compile"]["make"]})
 
 
 @dataclass
@@ -193,7 +198,7 @@ class _compile_errors:
         return False
 
 
-def _collect(ctx: _Context, run: _Assembled, n_steps: int) -> Outcome:
+def _collect(ctx: _Context, run: _Assembled, n_steps: int, timings: dict) -> Outcome:
     bn, rec, spec = run.bn, run.recorder, ctx.spec
     brian_steps = (int(bn.sim_clock.variables["timestep"].get_value()[0]) if is_runtime()
                    else n_steps * spec.inner_steps)
@@ -216,7 +221,7 @@ def _collect(ctx: _Context, run: _Assembled, n_steps: int) -> Outcome:
         rec.record(steps_run, final)
         last = _final_traces(ctx, steps_run, final)
         traces = {v: np.concatenate([traces[v], last[v]]) for v in traces}
-    return Outcome(rec, traces, final, steps_run, diverged)
+    return Outcome(rec, traces, final, steps_run, diverged, timings)
 
 
 # Measured (README, "Brian2 backend"): rk2/heun/rk4 converge at order 1.0 on brian2.
@@ -264,7 +269,7 @@ def run(cfg: Config, progress: bool = True) -> RunResult:
                      "brian2_method": ctx.spec.method,
                      "brian2_schedule": "gauss_seidel" if ctx.spec.gauss_seidel else "explicit",
                      # summed variables are constant within a step: coupling is first order
-                     "brian2_coupling_order": 1})
+                     "brian2_coupling_order": 1, **out.timings})
 
 
 def build(cfg, edit=None) -> Brian2Net:

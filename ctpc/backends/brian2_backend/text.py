@@ -6,7 +6,7 @@ import textwrap
 from ...config import Config
 from .methods import method_description
 from .model import (SLOT_BOUNDS, SLOT_DUAL, SLOT_FEEDBACK, SLOT_OBSERVE, SLOT_PREDICT_EXPLICIT,
-                    SLOT_PREDICT_GS, ModelSpec, model_spec)
+                    SLOT_PREDICT_GS, SLOT_RATES_EXPLICIT, SLOT_RATES_GS, ModelSpec, model_spec)
 
 
 def _indent(text: str) -> str:
@@ -25,7 +25,9 @@ def _schedule(spec: ModelSpec, construction: str) -> list[str]:
             (SLOT_OBSERVE, "StateMonitors and per-layer summaries (the state of this step)"),
             (("groups", 0), "state updaters of layer_* "
                             + ("(h only: Euler)" if spec.gauss_seidel else f"({spec.method})")),
-            (SLOT_BOUNDS, "layer_*_bounds: divergence flag")]
+            (SLOT_BOUNDS, "layer_*_bounds: divergence flag"),
+            (SLOT_RATES_GS if spec.gauss_seidel else SLOT_RATES_EXPLICIT,
+             f"layer_*_rates: phi, phi' of the {'new' if spec.gauss_seidel else 'old'} activity")]
     if spec.gauss_seidel and any(op.name == "dual" for op in spec.operations):
         rows.append((SLOT_DUAL, "layer_*_dual: error and multiplier neurons, new residual"))
     order = ["before_groups", "groups", "after_groups", "end"]
