@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import types
+import warnings
 from pathlib import Path
 
 from .config import ConfigError, load_config
@@ -33,7 +34,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"ctpc: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    with warnings.catch_warnings():   # _main's warning display is restored on return
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     overrides = list(args.overrides)
     if args.device:
@@ -42,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"backend={args.backend}")
     try:
         cfg = load_config(args.config, overrides)
+        if cfg.backend == "brian2":
+            # Importing Brian2 routes Python warnings to its log; import it first, then show
+            # warnings meant for the user (e.g. the first-order note) as one plain line.
+            from .backends import brian2_backend  # noqa: F401
+        warnings.showwarning = _print_warning
         if args.show_equations:
             from .backends.brian2_backend import equations_text
             print(equations_text(cfg))

@@ -4,7 +4,6 @@ printed equations, divergence, config errors, compile errors, and the compiled t
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -182,12 +181,12 @@ def test_cli_runs_every_model_on_brian2(model, tmp_path, capsys):
     args = [model, "--out", str(out), "--backend", "brian2"]
     for o in small_overrides(model):
         args += ["--set", o]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert main(args) == 0
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "status: ok" in printed.out
+    # heun / rk4 models say, on one line, that their coupling is first order on brian2
     higher_order = yaml.safe_load(Path(model).read_text())["integrator"]["scheme"] in ("heun", "rk4")
-    assert higher_order == any("first order" in str(w.message) for w in caught)
-    assert "status: ok" in capsys.readouterr().out
+    assert higher_order == ("ctpc: warning: brian2: summed variables" in printed.err)
     ds = ctpc.open_results(out)
     check_schema(ds)
     assert ds.attrs["backend"] == "brian2" and ds.attrs["status"] == "ok"
