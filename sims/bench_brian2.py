@@ -13,8 +13,8 @@ Brian2 run" is ``Network.run`` (runtime targets, code-object set-up included) or
 binary alone (cpp_standalone).
 Compiled targets run twice: the first run builds into a fresh build directory (its whole
 process time is reported as "cold build"; cython: a 1-step run, as its code does not depend on
-the run length), the second is timed warm. The final energy of every variant is compared with torch's
-as a check that all of them simulated the same thing.
+the run length), the second is timed warm. The final energy of every variant is compared with
+torch's as a check that all of them simulated the same thing.
 
     python sims/bench_brian2.py            # N = 64, 256 x L = 8, 16, 1000 steps (~15 min)
     python sims/bench_brian2.py --quick    # N = 64, L = 8, 100 steps (~2 min, cold builds)

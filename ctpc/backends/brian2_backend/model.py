@@ -234,7 +234,8 @@ def model_spec(cfg: Config) -> ModelSpec:
         "yhat_post = s_out * w * phi_pre : 1 (summed)\n"
         "fb_pre = -s_out * w * dphi_pre * out_err_post : 1 (summed)",
         depth - 1, width, d_out, False, "yhat_post", "fb_pre",
-        f"layer_{n_hidden} -> output: yhat = s_out W_L phi(h_H); fb = -s_out phi' W_L^T (yhat - y)"))
+        f"layer_{n_hidden} -> output: yhat = s_out W_L phi(h_H); "
+        "fb = -s_out phi' W_L^T (yhat - y)"))
 
     operations = [OperationSpec(
         "rates", rates_code(net.activation), SLOT_RATES_GS if gauss_seidel else SLOT_RATES_EXPLICIT,

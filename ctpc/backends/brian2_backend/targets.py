@@ -96,8 +96,9 @@ def compile_failure(exc: BaseException, cfg: Config, where: Path | None) -> Bria
     if not failed:
         return None
     text = str(failed[0]).strip().splitlines()[0] if str(failed[0]).strip() else ""
-    detail = f"{type(failed[0]).__name__}: {text[:160]}{'...' if len(text) > 160 else ''}" if text else \
-        type(failed[0]).__name__
+    detail = type(failed[0]).__name__
+    if text:
+        detail += f": {text[:160]}{'...' if len(text) > 160 else ''}"
     compiler = os.environ.get("CXX") or os.environ.get("CC") or "the system C++ compiler (g++)"
     place = f" Build files: {where}." if where is not None else ""
     return Brian2BuildError(
