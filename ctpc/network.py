@@ -132,21 +132,33 @@ class Network:
         y_hat = self.s_out * (a[-1] @ self.w_out.T)
         return Residuals(r, y_hat, a)
 
-    def activity_gradient(self, h, res: Residuals, g, y) -> torch.Tensor:
-        """dL/dh for composite credit g = rho*err + lam (spec section 2), per sample.
-
-        dL/dh_l = g_l - J_{l+1}^T g_{l+1} (l < H), dL/dh_H = g_H + s_out phi'(h_H) W_L^T (y_hat-y).
-        """
-        d = self.dphi(h, res.a)
-        up = torch.empty_like(h)
+    def constraint_jvp(self, v: torch.Tensor, d: torch.Tensor | None) -> torch.Tensor:
+        """A v, with A = dr/dh the constraint Jacobian (unit lower block-bidiagonal):
+        (A v)_1 = v_1,  (A v)_l = v_l - J_l v_{l-1},  J_l = I + s_mid W_l diag phi'(h_{l-1})."""
+        out = v.clone()
         if self.n_hidden > 1:
-            back = self.s_mid * torch.bmm(g[1:], self.w_mid)   # s_mid W_{l+1}^T g_{l+1}
+            dv = v[:-1] if d is None else d[:-1] * v[:-1]
+            out[1:] -= v[:-1] + self.s_mid * torch.bmm(dv, self.w_mid_t)
+        return out
+
+    def constraint_vjp(self, u: torch.Tensor, d: torch.Tensor | None) -> torch.Tensor:
+        """A^T u: (A^T u)_l = u_l - J_{l+1}^T u_{l+1} (the credit a layer sends down)."""
+        out = u.clone()
+        if self.n_hidden > 1:
+            back = self.s_mid * torch.bmm(u[1:], self.w_mid)   # s_mid W_{l+1}^T u_{l+1}
             if d is not None:
                 back = back * d[:-1]
-            torch.add(g[1:], back, out=up[:-1])
+            out[:-1] -= u[1:] + back
+        return out
+
+    def activity_gradient(self, h, res: Residuals, g, y) -> torch.Tensor:
+        """dL/dh for composite credit g = rho*err + lam (spec section 2), per sample:
+        A^T g plus the output term s_out phi'(h_H) W_L^T (y_hat - y) on the last layer."""
+        d = self.dphi(h, res.a)
+        grad = self.constraint_vjp(g, d)
         out_err = (res.y_hat - y) @ self.w_out
-        up[-1] = -self.s_out * (out_err if d is None else out_err * d[-1])
-        return g - up
+        grad[-1] += self.s_out * (out_err if d is None else out_err * d[-1])
+        return grad
 
     def weight_gradients(self, res: Residuals, g, x, y):
         """dL/dW (batch means, loss-gradient sign): (W_1 [N,D], W_2..W_{L-1} [H-1,N,N], W_L [O,N])."""
