@@ -106,11 +106,11 @@ def make_figures(sweeps: dict, scaling: dict) -> dict:
     """name -> matplotlib Figure; the notebook shows these, the script saves them as PNG."""
     import matplotlib.pyplot as plt
 
-    from ctpc import plots
+    from ctpc import plotting
 
     figs = {}
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    plots.plot_arrival_scaling({
+    plotting.plot_arrival_scaling({
         "PC-ALM (½ BP adjoint)": scaling[("pcalm", "bp_adjoint")],
         "PC-ALM (½ final)": scaling[("pcalm", "final")],
         "PC (½ final)": scaling[("pc", "final")],
@@ -121,14 +121,14 @@ def make_figures(sweeps: dict, scaling: dict) -> dict:
     L = int(sweeps["pcalm"]["network.depth"].max())
     cell = {k: select_cell(sweeps[k], {"network.depth": L}) for k in STUDIES}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    plots.plot_credit_heatmap(cell["pcalm"], axes[0], title=f"PC-ALM, L = {L}, 4L steps")
-    plots.plot_credit_heatmap(cell["pc_4L"], axes[1], title=f"PC, L = {L}, same 4L steps")
-    plots.plot_credit_heatmap(cell["pc"], axes[2], log_time=True,
+    plotting.plot_credit_heatmap(cell["pcalm"], axes[0], title=f"PC-ALM, L = {L}, 4L steps")
+    plotting.plot_credit_heatmap(cell["pc_4L"], axes[1], title=f"PC, L = {L}, same 4L steps")
+    plotting.plot_credit_heatmap(cell["pc"], axes[2], log_time=True,
                               title=f"PC, L = {L}, 8 L² steps (log time)")
     figs["credit_heatmaps"] = fig
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    plots.plot_credit_distribution({
+    plotting.plot_credit_distribution({
         f"PC-ALM L = {L}": analysis.credit_distribution(cell["pcalm"]),
         f"PC L = {L}": analysis.credit_distribution(cell["pc_4L"]),
         f"PC L = {L}, long run": analysis.credit_distribution(cell["pc"])}, ax)
