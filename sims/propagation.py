@@ -15,7 +15,7 @@ Writes to OUT (default runs/propagation/): pcalm.nc, pc.nc, pc_4L.nc (+ .cells/ 
 files), arrival.csv, exponents.csv, first_to_last.csv and the figures arrival_vs_depth.png,
 credit_heatmaps.png, credit_distribution.png. Rerunning reuses finished cells.
 
-    python sims/propagation.py            # depths 8..128, N = 32, B = 64 (a few minutes)
+    python sims/propagation.py            # depths 8..128, N = B = 16 (~3 min on 2 cores)
     python sims/propagation.py --small    # depths 8, 16, 32, N = B = 8 (seconds; CI, notebooks)
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ctpc import analysis
 from ctpc.sweep import plan_sweep, run_sweep, select_cell
 from ctpc.sweep.cluster import dask_client, local_worker_count
 
-FULL = {"depths": [8, 16, 32, 64, 128], "width": 32, "batch": 64}
+FULL = {"depths": [8, 16, 32, 64, 128], "width": 16, "batch": 16}   # as tests/test_propagation.py
 SMALL = {"depths": [8, 16, 32], "width": 8, "batch": 8}
 ETA_H, ALPHA = 0.24, 1.0
 # study name -> (method, budget in steps and record interval for depth L)

@@ -125,13 +125,12 @@ def wavefront_speed(ds: xr.Dataset, fraction: float = 0.2, reference: str = "fin
         fit, distance, t, input_core_dims=[["layer"], ["layer"]],
         output_core_dims=[[], [], [], []], vectorize=True,
         output_dtypes=[float, float, float, int])
-    tau_h, tau_l = param(ds, "tau_h"), param(ds, "tau_lambda")
-    theory = 1.0 / np.sqrt(tau_h * tau_l)
-    theory = xr.where(np.isfinite(tau_l), theory, np.nan) if isinstance(theory, xr.DataArray) \
-        else (theory if np.isfinite(tau_l) else np.nan)
+    theory = 1.0 / np.sqrt(param(ds, "tau_h") * param(ds, "tau_lambda"))
+    theory = xr.DataArray(theory) if not isinstance(theory, xr.DataArray) else theory
+    theory = theory.where(theory > 0)          # tau_lambda = inf (PC): no wave, no speed
     out = xr.Dataset({
         "speed": with_units(speed, "layers/ms", "credit wavefront speed"),
-        "speed_theory": with_units(xr.DataArray(theory), "layers/ms",
+        "speed_theory": with_units(theory, "layers/ms",
                                    "continuum prediction 1/sqrt(tau_h tau_lambda)"),
         "delay": with_units(delay, "ms", "intercept of the fit (front leaves the top layer)"),
         "r2": with_units(r2, "1", "coefficient of determination of the linear fit"),

@@ -19,6 +19,7 @@ what the combined file holds: :mod:`ctpc.sweep.combine`.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -124,6 +125,25 @@ def run_sweep(config: Union[str, Path, dict, Config], overrides=None, *,
     return combined
 
 
+def _remove_orphaned_temporaries(cells_dir: Path) -> None:
+    """A sweep killed while writing a cell leaves ``<hash>.nc.tmp-PID`` (never a truncated
+    ``<hash>.nc``: writes are atomic). Remove those whose writer process is gone."""
+    for tmp in cells_dir.glob("*.nc.tmp-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _run_cells(plan: SweepPlan, *, scheduler, client, n_workers, progress, command) -> dict:
     """Run the cells without a file; write each as it finishes. Returns crash messages."""
     todo = plan.todo
@@ -133,6 +153,7 @@ def _run_cells(plan: SweepPlan, *, scheduler, client, n_workers, progress, comma
     from distributed import as_completed
 
     plan.cells_dir.mkdir(parents=True, exist_ok=True)
+    _remove_orphaned_temporaries(plan.cells_dir)
     workers = local_worker_count(len(todo), n_workers)
     with dask_client(scheduler=scheduler, n_workers=workers, client=client) as dc, \
             tqdm(total=len(plan.cells), initial=len(plan.cells) - len(todo), unit="cell",

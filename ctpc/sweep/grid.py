@@ -65,7 +65,7 @@ def parse_axes(spec: dict[str, list] | None) -> list[Axis]:
                           "sweep: {integrator.dt: [0.5, 1.0]} or use python -m ctpc.simulate "
                           "for a single run")
     axes, seen = [], set()
-    for name, values in spec.items():
+    for name, values in _flatten(spec).items():
         keys = tuple(k.strip() for k in str(name).split(","))
         where = f"sweep.{name}"
         for key in keys:
@@ -96,6 +96,18 @@ def parse_axes(spec: dict[str, list] | None) -> list[Axis]:
                               "labels one position of the dimension")
         axes.append(Axis(keys[0], keys, tuple(rows)))
     return axes
+
+
+def _flatten(spec: dict, prefix: str = "") -> dict:
+    """Nested sections -> dotted keys: ``--set sweep.integrator.dt=[0.5,1]`` arrives as
+    {"integrator": {"dt": [...]}} and means the same as {"integrator.dt": [...]}."""
+    flat = {}
+    for key, value in spec.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _absolute_paths(raw: dict) -> dict:
