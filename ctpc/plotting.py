@@ -34,10 +34,10 @@ def stability_map_figure(status: xr.DataArray, predicted: xr.DataArray, title: s
     cmap = ListedColormap(["#9ecae1", "#de2d26", "#bdbdbd"])
     for ax, method in zip(axes[0], methods):
         grid = np.vectorize(lambda s: code.get(str(s), 2))(
-            status.sel(method=method).transpose("scheme", "dt").values)
+            status.sel({"method": method}).transpose("scheme", "dt").values)
         ax.pcolormesh(edges, np.arange(len(schemes) + 1), grid, cmap=cmap, vmin=0, vmax=2)
         for i, scheme in enumerate(schemes):
-            dt_max = float(predicted.sel(method=method, scheme=scheme))
+            dt_max = float(predicted.sel({"method": method, "scheme": scheme}))
             if np.isfinite(dt_max):
                 ax.plot([dt_max, dt_max], [i + 0.1, i + 0.9], color="k", lw=2.5)
         ax.set_xscale("log")

@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
+import yaml  # noqa: E402
 
 import ctpc  # noqa: E402
 from ctpc import stability as st  # noqa: E402
@@ -98,6 +99,19 @@ def flow_vs_discrete(small: bool) -> xr.Dataset:
     return ds
 
 
+def map_status(smap: xr.Dataset) -> xr.DataArray:
+    """The sweep's status with short dimension names: (method, scheme, dt)."""
+    return smap.status.rename({"dynamics.method": "method", "integrator.scheme": "scheme",
+                               "integrator.dt": "dt"})
+
+
+def make_figures(preds: xr.Dataset, smap: xr.Dataset, flow: xr.Dataset) -> dict:
+    cfg = ctpc.load_config(yaml.safe_load(preds.attrs["config"]))
+    title = f"linear network, N = {cfg.network.width}, L = {cfg.network.depth}"
+    return {"stability_map": stability_map_figure(map_status(smap), preds.dt_max, title=title),
+            "flow_vs_discrete": flow_vs_discrete_figure(flow)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--small", action="store_true", help="small grid for CI and notebooks")
@@ -115,15 +129,10 @@ def main(argv=None):
     lo, hi = 0.6 * np.nanmin(preds.dt_max.values), 1.4 * np.nanmax(preds.dt_max.values)
     dts = np.geomspace(lo, hi, 10 if args.small else 28)
     smap = stability_map(model, dts, out / "stability_map.nc", args.scheduler)
-    status = smap.status.rename({"dynamics.method": "method", "integrator.scheme": "scheme",
-                                 "integrator.dt": "dt"})
-    fig = stability_map_figure(status, preds.dt_max, title="linear network, "
-                               f"N={model['network']['width']}, L={model['network']['depth']}")
-    fig.savefig(out / "stability_map.png", dpi=120)
-
     flow = flow_vs_discrete(args.small)
     write_netcdf(flow, out / "flow_vs_discrete.nc")
-    flow_vs_discrete_figure(flow).savefig(out / "flow_vs_discrete.png", dpi=120)
+    for name, fig in make_figures(preds, smap, flow).items():
+        fig.savefig(out / f"{name}.png", dpi=120)
     final = flow.bp_cos.isel(time=-1).mean("weight")
     for r in flow.run.values:
         print(f"{str(flow.scheme[r].values):>14} dt = {float(flow.dt[r]):<5g} mean final BP cosine "
