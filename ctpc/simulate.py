@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
             from .backends.brian2_backend import equations_text
             print(equations_text(cfg))
             return EXIT_OK
+        if cfg.sweep:
+            print(f"ctpc: {args.config} has a sweep: section ({', '.join(cfg.sweep)}); "
+                  "simulate runs its base config only. Use python -m ctpc.sweep to run the "
+                  "sweep.", file=sys.stderr)
         out = Path(args.out or cfg.output or Path("runs") / f"{cfg.name or 'run'}.nc")
         ds = simulate(cfg, out=out, progress=not args.quiet, command=command_line())
     except ConfigError as exc:
