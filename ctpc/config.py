@@ -67,7 +67,8 @@ class DataConfig(_Strict):
 class DynamicsConfig(_Strict):
     method: Literal["pc", "pcalm"] = "pcalm"
     rho: float = Field(1.0, gt=0)
-    tau_h: float | None = Field(None, gt=0, description="activity time constant (ms)")
+    tau_h: float | Literal["auto"] | None = Field(
+        None, description="activity time constant (ms); 'auto' = dt * lambda_max")
     tau_lambda: float | None = Field(None, gt=0, description="multiplier time constant (ms); .inf allowed")
     tau_e: float = Field(0.0, ge=0, description="error-neuron time constant (ms); 0 = instantaneous")
     state_lr: float | Literal["auto"] | None = Field(None, description="paper's eta_h = dt/tau_h")
@@ -81,13 +82,19 @@ class DynamicsConfig(_Strict):
             raise ValueError(
                 f"dynamics: give either tau_h/tau_lambda (time constants) or state_lr/alpha "
                 f"(the paper's step sizes), not both (got {physical + paper})")
-        if isinstance(self.state_lr, float) and not self.state_lr > 0:
-            raise ValueError(f"dynamics.state_lr must be > 0 or 'auto' (got {self.state_lr})")
+        for key in ("state_lr", "tau_h"):
+            value = getattr(self, key)
+            if isinstance(value, float) and not value > 0:
+                raise ValueError(f"dynamics.{key} must be > 0 or 'auto' (got {value})")
         return self
 
     @property
     def uses_paper_parameters(self) -> bool:
         return self.state_lr is not None or self.alpha is not None
+
+    @property
+    def needs_auto_step(self) -> bool:
+        return "auto" in (self.state_lr, self.tau_h)
 
 
 class IntegratorConfig(_Strict):
@@ -208,10 +215,10 @@ class Config(_Strict):
         PC has no multipliers, so tau_lambda = inf (alpha = 0): PC is PC-ALM with lambda = 0.
         """
         d, dt = self.dynamics, self.integrator.dt
+        if d.needs_auto_step:
+            raise ConfigError("dynamics.state_lr / tau_h: 'auto' must be resolved first "
+                              "(ctpc.load_config / ctpc.config.resolve does it)")
         if d.uses_paper_parameters:
-            if d.state_lr == "auto":
-                raise ConfigError("dynamics.state_lr: 'auto' must be resolved first "
-                                  "(ctpc.load_config / ctpc.config.resolve does it)")
             eta = 0.25 if d.state_lr is None else float(d.state_lr)
             alpha = 1.0 if d.alpha is None else d.alpha
             tau_h = dt / eta
@@ -378,9 +385,9 @@ def resolve(cfg: Config) -> Config:
     if cfg.network.weights is not None:
         check_weights_file(cfg.network.weights, layer_shapes(cfg))
     _check_record(cfg)
-    if cfg.dynamics.state_lr == "auto":
-        from .stability import resolve_auto_state_lr  # needs the network; issue 4 adds it
-        cfg = resolve_auto_state_lr(cfg)
+    if cfg.dynamics.needs_auto_step:
+        from .stability import resolve_auto_step  # needs the built network and batch
+        cfg = resolve_auto_step(cfg)
     return cfg
 
 

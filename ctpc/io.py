@@ -40,7 +40,7 @@ def _series_dims(name: str) -> tuple[str, ...]:
     return ("time",)
 
 
-def _trace(name: str, arr: np.ndarray, res: RunResult, coords: dict) -> xr.DataArray:
+def _trace(arr: np.ndarray, res: RunResult, coords: dict) -> xr.DataArray:
     da = xr.DataArray(arr, dims=TRACE_DIMS,
                       coords={"layer": res.layers, "sample": coords["sample"],
                               "unit": coords["unit"]})
@@ -65,7 +65,7 @@ def build_dataset(cfg: Config, res: RunResult, command: str | None = None) -> xr
     data_vars = {}
     plain = {k: v[1] for k, v in coords.items()}
     for name, arr in res.traces.items():
-        data_vars[name] = _trace(name, arr, res, plain)
+        data_vars[name] = _trace(arr, res, plain)
     for name, arr in res.series.items():
         data_vars[name] = (_series_dims(name), arr)
     data_vars["bp_adjoint_norm"] = (("layer",), res.bp_adjoint_norm)

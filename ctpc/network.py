@@ -145,26 +145,42 @@ class Network:
             pred[1:] = self._mid_predictions(h, a)
         return pred, self._output(a)
 
-    def activity_gradient(self, h, res: Residuals, g, y) -> torch.Tensor:
-        """dL/dh for composite credit g = rho*err + lam (spec section 2), per sample.
-
-        dL/dh_l = g_l - J_{l+1}^T g_{l+1} (l < H), dL/dh_H = g_H + s_out phi'(h_H) W_L^T (y_hat-y).
-        """
-        return g - self.feedback(h, res.a, res.y_hat, g, y)
-
-    def feedback(self, h, a, y_hat, g, y) -> torch.Tensor:
-        """Credit each layer receives from above: J_{l+1}^T g_{l+1} (l < H) and
-        -s_out phi'(h_H) W_L^T (y_hat - y), so that dL/dh = g - feedback."""
-        d = self.dphi(h, a)
-        up = torch.empty_like(h)
+    def constraint_jvp(self, v: torch.Tensor, d: torch.Tensor | None) -> torch.Tensor:
+        """A v, with A = dr/dh the constraint Jacobian (unit lower block-bidiagonal):
+        (A v)_1 = v_1,  (A v)_l = v_l - J_l v_{l-1},  J_l = I + s_mid W_l diag phi'(h_{l-1})."""
+        out = v.clone()
         if self.n_hidden > 1:
-            back = self.s_mid * torch.bmm(g[1:], self.w_mid)   # s_mid W_{l+1}^T g_{l+1}
+            dv = v[:-1] if d is None else d[:-1] * v[:-1]
+            out[1:] -= v[:-1] + self.s_mid * torch.bmm(dv, self.w_mid_t)
+        return out
+
+    def constraint_vjp(self, u: torch.Tensor, d: torch.Tensor | None) -> torch.Tensor:
+        """A^T u: (A^T u)_l = u_l - J_{l+1}^T u_{l+1} (the credit a layer sends down)."""
+        out = u.clone()
+        if self.n_hidden > 1:
+            back = self.s_mid * torch.bmm(u[1:], self.w_mid)   # s_mid W_{l+1}^T u_{l+1}
             if d is not None:
                 back = back * d[:-1]
-            torch.add(g[1:], back, out=up[:-1])
+            out[:-1] -= u[1:] + back
+        return out
+
+    def activity_gradient(self, h, res: Residuals, g, y) -> torch.Tensor:
+        """dL/dh for composite credit g = rho*err + lam (spec section 2), per sample:
+        A^T g plus the output term s_out phi'(h_H) W_L^T (y_hat - y) on the last layer."""
+        return self.activity_gradient_at(h, res.a, res.y_hat, g, y)
+
+    def activity_gradient_at(self, h, a, y_hat, g, y) -> torch.Tensor:
+        """activity_gradient from phi(h) and y_hat given directly (not from a Residuals)."""
+        d = self.dphi(h, a)
+        grad = self.constraint_vjp(g, d)
         out_err = (y_hat - y) @ self.w_out
-        up[-1] = -self.s_out * (out_err if d is None else out_err * d[-1])
-        return up
+        grad[-1] += self.s_out * (out_err if d is None else out_err * d[-1])
+        return grad
+
+    def feedback(self, h, a, y_hat, g, y) -> torch.Tensor:
+        """Credit each layer receives from above, g - dL/dh: J_{l+1}^T g_{l+1} (l < H) and
+        -s_out phi'(h_H) W_L^T (y_hat - y) (what the Brian2 network_operation writes into fb)."""
+        return g - self.activity_gradient_at(h, a, y_hat, g, y)
 
     def weight_gradients(self, res: Residuals, g, x, y):
         """dL/dW (batch means, loss-gradient sign): (W_1 [N,D], W_2..W_{L-1} [H-1,N,N], W_L [O,N])."""

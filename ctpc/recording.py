@@ -97,14 +97,13 @@ class Recorder:
         self._unit_idx = None if plan.all_units else idx(plan.units)
         self.bp_in, self.bp_out = bp.grads[0], bp.grads[-1]
         self.bp_mid = torch.stack(bp.grads[1:-1]) if n_w > 2 else net.w_mid.new_zeros(0, 1, 1)
-        self.bp_norm = self._per_weight(lambda w, b: (b * b).sum(dim=(-2, -1)))
-        self.bp_norm = self.bp_norm.sqrt()
+        self.bp_norm = torch.stack([b.square().sum() for b in bp.grads]).sqrt()   # [L]
         self.recorded_steps: list[int] = []
         self._next = 0   # index into plan.steps of the next step due
 
-    def _per_weight(self, fn, grads=None) -> torch.Tensor:
+    def _per_weight(self, fn, grads) -> torch.Tensor:
         """Apply fn(estimate, bp) per weight matrix, with the L-2 square ones batched -> [L]."""
-        g_in, g_mid, g_out = grads if grads is not None else (None, None, None)
+        g_in, g_mid, g_out = grads
         parts = [fn(g_in, self.bp_in).reshape(1)]
         if self.bp_mid.shape[0]:
             parts.append(fn(g_mid, self.bp_mid))

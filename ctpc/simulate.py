@@ -12,8 +12,8 @@ import warnings
 from pathlib import Path
 
 from .config import ConfigError, load_config
-from .io import build_dataset, command_line, write_netcdf
-from .run import EXIT_CONFIG, EXIT_DIVERGED, EXIT_OK, run_backend, simulate, summary_table
+from .io import command_line
+from .run import EXIT_CONFIG, EXIT_DIVERGED, EXIT_OK, simulate, summary_table
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,21 +61,24 @@ def _main(argv: list[str] | None) -> int:
             from .backends.brian2_backend import equations_text
             print(equations_text(cfg))
             return EXIT_OK
+        if cfg.sweep:
+            print(f"ctpc: {args.config} has a sweep: section ({', '.join(cfg.sweep)}); "
+                  "simulate runs its base config only. Use python -m ctpc.sweep to run the "
+                  "sweep.", file=sys.stderr)
         out = Path(args.out or cfg.output or Path("runs") / f"{cfg.name or 'run'}.nc")
-        result = run_backend(cfg, progress=not args.quiet)
+        ds = simulate(cfg, out=out, progress=not args.quiet, command=command_line())
     except ConfigError as exc:
         print(f"ctpc: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    ds = build_dataset(cfg, result, command_line())
-    write_netcdf(ds, out)
+    a = ds.attrs
     if not args.quiet:
         print(summary_table(ds))
-    print(f"status: {ds.attrs['status']}  steps: {result.steps_completed}/{cfg.integrator.n_steps}"
-          f"  wall time: {result.wall_time_s:.2f} s  backend: {result.backend} ({result.device})")
+    print(f"status: {a['status']}  steps: {a['steps_completed']}/{a['n_steps']}  wall time: "
+          f"{a['wall_time_s']:.2f} s  backend: {a['backend']} ({a['device']})")
     print(f"wrote {out}")
-    if result.status == "diverged":
-        print(f"ctpc: the run DIVERGED at t = {result.diverged_at:g} ms (step "
-              f"{result.steps_completed + 1}): the state became non-finite or exceeded "
+    if a["status"] == "diverged":
+        print(f"ctpc: the run DIVERGED at t = {a['diverged_at']:g} ms (step "
+              f"{a['steps_completed'] + 1}): the state became non-finite or exceeded "
               f"integrator.divergence_bound = {cfg.integrator.divergence_bound:g}. The trace up "
               f"to the last bounded state is saved. Try a smaller integrator.dt, another scheme, "
               f"or check the predicted stable dt with ctpc.stability.", file=sys.stderr)

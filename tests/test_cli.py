@@ -208,3 +208,11 @@ def test_divergence_step_is_exact_whatever_the_check_interval(small):
     assert len({r.attrs["diverged_at"] for r in runs}) == 1
     for r in runs[1:]:
         np.testing.assert_array_equal(r.h.values, runs[0].h.values)
+
+
+def test_simulate_warns_about_a_sweep_section(tmp_path, capsys):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("network: {width: 4, depth: 3}\nintegrator: {steps: 2}\n"
+                   "sweep: {integrator.dt: [0.5, 1.0]}\n")
+    assert main([str(cfg), "--out", str(tmp_path / "s.nc"), "--quiet"]) == 0
+    assert "python -m ctpc.sweep" in capsys.readouterr().err

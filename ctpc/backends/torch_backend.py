@@ -29,14 +29,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build(cfg: Config, device: torch.device | None = None):
-    """Network, batch and dynamics for a resolved config (also used by analysis/stability)."""
+def build_network(cfg: Config, device: torch.device | None = None):
+    """Network and batch (x, y) on the config's device and dtype."""
     device = device if device is not None else resolve_device(cfg.device)
     dtype = DTYPES[cfg.dtype]
     net = Network(init_weights(cfg), cfg.network.activation, device, dtype)
     x, y = load_batch(cfg.data, cfg.network, cfg.seed)
-    x = torch.as_tensor(x, device=device, dtype=dtype)
-    y = torch.as_tensor(y, device=device, dtype=dtype)
+    as_t = lambda a: torch.as_tensor(a, device=device, dtype=dtype)
+    return net, as_t(x), as_t(y)
+
+
+def build(cfg: Config, device: torch.device | None = None):
+    """Network and dynamics for a resolved config (also used by benchmarks and stability)."""
+    net, x, y = build_network(cfg, device)
     tau_h, tau_l = cfg.rates()
     dyn = Dynamics(net, x, y, rho=cfg.dynamics.rho, tau_h=tau_h, tau_lambda=tau_l,
                    tau_e=cfg.dynamics.tau_e)

@@ -1,0 +1,83 @@
+"""Command line: ``python -m ctpc.sweep CONFIG.yaml [--out PATH] [--scheduler ADDRESS] ...``.
+
+Exit codes: 0 every cell ok or diverged (diverged cells are results), 1 some cells crashed
+(the combined file is still written; rerun the same command to retry them) or an unexpected
+error, 2 bad configuration or arguments, 130 interrupted (finished cells are kept; rerun to
+resume).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..config import ConfigError
+from . import plan_sweep, run_sweep
+
+EXIT_OK, EXIT_CELLS_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ctpc.sweep",
+        description="Run every combination of a model's sweep: values on a Dask cluster and "
+                    "write one netCDF dataset whose sweep keys are dimensions. Resumable: "
+                    "rerunning with the same output skips the cells already done.",
+        epilog="Exit codes: 0 ok (cells ok or diverged), 1 some cells crashed (rerun to retry), "
+               "2 bad configuration, 130 interrupted (rerun to resume).")
+    p.add_argument("config", help="model YAML with a sweep: section")
+    p.add_argument("--out", help="combined .nc path (default: config 'output', else "
+                                 "runs/NAME.nc); per-cell files go to OUT without .nc + .cells/")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="use a running Dask cluster, e.g. tcp://10.0.0.5:8786 (default: start "
+                        "a local cluster)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="local cluster size (default: one process per core, at most one per "
+                        "cell)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set network.width=16 or "
+                        "--set 'sweep.seed=[0,1,2]' (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the cells (done or to run) and exit without running anything")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def command_line() -> str:
+    return " ".join([Path(sys.executable).name, "-m", "ctpc.sweep", *sys.argv[1:]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.dry_run:
+            plan = plan_sweep(args.config, args.overrides, out=args.out)
+            for cell in plan.cells:
+                state = "done" if cell.key in plan.done else "to run"
+                print(f"{cell.key}  {state:6}  {cell.label}")
+            print(f"{len(plan.cells)} cells, {len(plan.done)} done; output {plan.out}, "
+                  f"cells in {plan.cells_dir}")
+            return EXIT_OK
+        ds = run_sweep(args.config, args.overrides, out=args.out, scheduler=args.scheduler,
+                       n_workers=args.workers, progress=not args.quiet, command=command_line())
+    except ConfigError as exc:
+        print(f"ctpc.sweep: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("ctpc.sweep: interrupted; finished cells are kept, rerun the same command to "
+              "resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    a = ds.attrs
+    print(f"cells: {a['n_cells']} (ok {a['n_ok']}, diverged {a['n_diverged']}, "
+          f"error {a['n_error']}); per-cell files in {a['cells_dir']}")
+    print(f"wrote {a['path']}")
+    if a["n_error"]:
+        print(f"ctpc.sweep: {a['n_error']} cell(s) crashed; their messages are in the 'error' "
+              "variable. Fix the cause and rerun the same command: only those cells run again.",
+              file=sys.stderr)
+        return EXIT_CELLS_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Per-cell datasets -> ONE sweep dataset whose sweep keys are dimensions.
+
+What the combined file keeps: every per-layer/per-weight/scalar series ([time, layer],
+[time, weight], [time]), ``bp_adjoint_norm`` [layer], the per-cell run parameters (dt, tau_h,
+tau_lambda, eta_h, alpha...) and outcome (``status``, ``error``, ``diverged_at``, ``wall_time_s``)
+as variables over the sweep dims. The 4-D traces and the final weight gradients stay in the
+per-cell files (``cell_file`` names each one), so the combined file stays small for any depth.
+
+Cells of different shape are padded with NaN: along ``layer``/``weight`` (different depths) and
+``time`` (different budgets or dt: the time axis is the union of all recorded times; a diverged
+cell ends early). ``layer_mask``, ``weight_mask`` and ``time_mask`` say which entries are real.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+import xarray as xr
+import yaml
+
+from .. import __version__
+from ..io import VAR_ATTRS
+from ..recording import SERIES_LAYER, SERIES_SCALAR, SERIES_WEIGHT
+from .grid import Axis, Cell
+
+KEPT_VARIABLES = SERIES_LAYER + SERIES_WEIGHT + SERIES_SCALAR + ("bp_adjoint_norm",)
+# Per-cell attributes kept as variables over the sweep dims (units, meaning).
+CELL_SCALARS = {
+    "dt": ("ms", "integration step"), "tau_h": ("ms", "activity time constant"),
+    "tau_lambda": ("ms", "multiplier time constant (inf for PC)"),
+    "tau_e": ("ms", "error-neuron time constant"), "eta_h": ("1", "dt / tau_h"),
+    "alpha": ("1", "dt / tau_lambda"), "rho": ("1", "penalty"),
+    "n_steps": ("1", "steps asked for"), "steps_completed": ("1", "steps run"),
+    "diverged_at": ("ms", "time of the first out-of-bounds step (NaN if not diverged)"),
+    "wall_time_s": ("s", "wall time of the run"),
+}
+TIME_DECIMALS = 9     # times are step*dt in ms; rounding makes equal times of different dt equal
+
+
+def summarize_cell(ds: xr.Dataset) -> xr.Dataset:
+    """The part of one run that goes into the combined dataset (loaded in memory)."""
+    small = ds[[v for v in KEPT_VARIABLES if v in ds.variables]]
+    small = small.drop_vars([c for c in ("step", "sample", "unit") if c in small.coords])
+    small = small.assign_coords(time=np.round(small["time"].values, TIME_DECIMALS))
+    for name in CELL_SCALARS:
+        small[name] = float(ds.attrs.get(name, np.nan))
+    small.attrs = {"status": ds.attrs.get("status", "ok")}
+    return small.load()
+
+
+def _grid(axes: list[Axis], fill, dtype) -> np.ndarray:
+    return np.full(tuple(len(a) for a in axes), fill, dtype=dtype)
+
+
+def combine(axes: list[Axis], cells: list[Cell], summaries: dict[str, xr.Dataset],
+            errors: dict[str, str], *, base_config: dict, cells_dir: str,
+            command: str | None = None) -> xr.Dataset:
+    """Build the sweep dataset. ``summaries``: cell key -> :func:`summarize_cell` output for the
+    cells that ran (ok or diverged); ``errors``: cell key -> message for cells that crashed."""
+    dims = [a.dim for a in axes]
+    shape = tuple(len(a) for a in axes)
+    done = list(summaries.values())
+    times = np.unique(np.concatenate([s["time"].values for s in done])) if done else np.zeros(0)
+    n_layer = max([s.sizes.get("layer", 0) for s in done], default=0)
+    n_weight = max([s.sizes.get("weight", 0) for s in done], default=0)
+    union = {"time": times, "layer": np.arange(1, n_layer + 1),
+             "weight": np.arange(1, n_weight + 1)}
+
+    present = [v for v in KEPT_VARIABLES if any(v in s for s in done)]
+    var_dims = {v: next(s[v].dims for s in done if v in s) for v in present}
+    arrays = {v: np.full(shape + tuple(len(union[d]) for d in var_dims[v]), np.nan)
+              for v in present}
+    masks = {d: np.zeros(shape + (len(union[d]),), dtype=bool) for d in union}
+    scalars = {k: _grid(axes, np.nan, float) for k in CELL_SCALARS}
+    status = _grid(axes, "error", object)
+    error = _grid(axes, "", object)
+    cell_file = _grid(axes, "", object)
+
+    for cell in cells:
+        i = cell.index
+        if cell.key in errors:
+            error[i] = errors[cell.key]
+            continue
+        s = summaries.get(cell.key)
+        if s is None:     # neither ran nor crashed: cannot happen after a complete run_sweep
+            status[i], error[i] = "missing", "the cell did not run"
+            continue
+        status[i] = s.attrs["status"]
+        cell_file[i] = f"{cell.key}.nc"
+        for d in union:
+            masks[d][i] = np.isin(union[d], s[d].values) if d in s.dims else False
+        aligned = s.reindex({d: union[d] for d in union if d in s.dims})
+        for v in present:
+            if v in aligned:
+                arrays[v][i] = aligned[v].transpose(*var_dims[v]).values
+        for k in CELL_SCALARS:
+            scalars[k][i] = float(s[k])
+
+    coords = {"time": ("time", times, {"long_name": "simulated time", "units": "ms"}),
+              "layer": ("layer", union["layer"], {"long_name": "hidden layer l (1 .. L-1)"}),
+              "weight": ("weight", union["weight"], {"long_name": "weight matrix W_l"})}
+    for a in axes:
+        for key in a.keys:
+            coords[key] = (a.dim, np.asarray(a.coord(key)),
+                           {"long_name": f"swept config key {key}"})
+    dts = scalars["dt"][np.isfinite(scalars["dt"])]
+    if dts.size and np.all(dts == dts[0]):     # one dt: `step` is a coordinate as in a run
+        coords["step"] = ("time", np.round(times / dts[0]).astype(np.int64),
+                          {"long_name": "integration step", "units": "1"})
+
+    data = {}
+    for v in present:
+        data[v] = (tuple(dims) + var_dims[v], arrays[v], _attrs(v))
+    for d, m in masks.items():
+        data[f"{d}_mask"] = (tuple(dims) + (d,), m,
+                             {"long_name": f"True where the cell has this {d} (else padding)"})
+    for k, (units, long_name) in CELL_SCALARS.items():
+        data[k] = (tuple(dims), scalars[k], {"long_name": long_name, "units": units})
+    data["status"] = (tuple(dims), status.astype(str),
+                      {"long_name": "ok | diverged | error (crashed; rerun the sweep to retry)"})
+    data["error"] = (tuple(dims), error.astype(str), {"long_name": "error message of a crash"})
+    data["cell_file"] = (tuple(dims), cell_file.astype(str),
+                         {"long_name": "per-cell netCDF (full traces) in the cells directory"})
+    out = xr.Dataset(data, coords=coords)
+
+    counts = {k: int((status == k).sum()) for k in ("ok", "diverged", "error")}
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    out.attrs = {
+        "Conventions": "CF-1.10",
+        "title": f"ctpc sweep {base_config.get('name', '')}".strip(),
+        "history": f"{now}: {command or 'ctpc.sweep.run_sweep() (Python API)'} "
+                   f"(ctpc {__version__})",
+        "source": f"ctpc {__version__}",
+        "ctpc_version": __version__,
+        "kind": "sweep",
+        "sweep_dims": json.dumps(dims),
+        "sweep": json.dumps({",".join(a.keys) if len(a.keys) > 1 else a.dim:
+                             [list(v) if len(v) > 1 else v[0] for v in a.values] for a in axes}),
+        "cells_dir": cells_dir,
+        "n_cells": len(cells), "n_ok": counts["ok"], "n_diverged": counts["diverged"],
+        "n_error": counts["error"],
+        "config": yaml.safe_dump(base_config, sort_keys=False),
+    }
+    return out
+
+
+def _attrs(name: str) -> dict:
+    if name in VAR_ATTRS:
+        long_name, units = VAR_ATTRS[name]
+        return {"long_name": long_name, "units": units}
+    return {}
+
+
+def sweep_dims(ds: xr.Dataset) -> list[str]:
+    if ds.attrs.get("kind") != "sweep":
+        raise ValueError("not a ctpc sweep dataset (attribute kind != 'sweep'); open the file "
+                         "written by python -m ctpc.sweep")
+    return json.loads(ds.attrs["sweep_dims"])
+
+
+def select_cell(ds: xr.Dataset, selection: dict | None = None, **by_dim) -> xr.Dataset:
+    """One cell of a sweep as a run-like dataset: padding removed, per-cell parameters
+    (dt, tau_h, status...) also as attributes, so single-run code and plots work on it.
+
+        select_cell(sweep, {"network.depth": 32, "dynamics.method": "pc"})
+    """
+    selection = {**(selection or {}), **by_dim}
+    dims = sweep_dims(ds)
+    missing = [d for d in dims if d not in selection]
+    if missing:
+        raise ValueError(f"select_cell: give a value for every sweep dimension; missing "
+                         f"{missing} (dims: {dims})")
+    cell = ds.sel(selection)
+    for d in ("time", "layer", "weight"):
+        mask = cell[f"{d}_mask"].values.astype(bool)
+        cell = cell.isel({d: np.flatnonzero(mask)})
+    attrs = {k: float(cell[k]) for k in CELL_SCALARS}
+    attrs.update(status=str(cell["status"].values), kind="sweep cell",
+                 depth=int(cell.sizes["weight"]),
+                 sweep_cell=json.dumps({d: _plain(cell[d].values) for d in dims}))
+    cell = cell.drop_vars(list(CELL_SCALARS) + ["status", "error", "time_mask", "layer_mask",
+                                                "weight_mask"])
+    cell.attrs = {**ds.attrs, **attrs}
+    return cell
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v
