@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 from pathlib import Path
 
 import brian2 as b2
@@ -35,7 +36,8 @@ def build_dir(cfg: Config) -> Path:
 def standalone_dir(cfg: Config, structure_hash: str) -> Path:
     """One project per network structure: a rerun with other values or run length reuses the
     compiled objects (Brian2 rewrites only the files whose content changed)."""
-    return build_dir(cfg) / "cpp_standalone" / f"{cfg.name or 'ctpc'}-{structure_hash}"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", cfg.name or "ctpc")
+    return build_dir(cfg) / "cpp_standalone" / f"{name}-{cfg.dtype}-{structure_hash}"
 
 
 @contextlib.contextmanager

@@ -42,7 +42,8 @@ def equations_text(cfg: Config) -> str:
         f"# ctpc model {spec.name!r} as Brian2 objects (backend brian2, target {b2c.target}, "
         f"construction {b2c.construction})",
         f"# {cfg.dynamics.method}, {cfg.network.activation}, D = {spec.input_dim} -> "
-        f"{spec.n_hidden} hidden layers x N = {spec.width} -> O = {spec.output_dim}, "
+        f"{spec.n_hidden} hidden layer{'s' if spec.n_hidden > 1 else ''} x N = {spec.width} -> "
+        f"O = {spec.output_dim}, "
         f"batch B = {spec.batch}, dt = {cfg.integrator.dt} ms, scheme {cfg.integrator.scheme}",
         "# One neuron per (sample, unit): neuron index = sample * units + unit; samples never "
         "interact.",
