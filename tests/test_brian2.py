@@ -235,7 +235,7 @@ def test_build_and_extend_in_brian2():
     ref = ctpc.simulate(cfg)
     bn = brian2_backend.build(cfg)
     mon = brian2.StateMonitor(bn.layers[0], ["h", "credit"], record=range(4),
-                              when="before_groups", order=2)
+                              when="before_groups", order=3)
     bn.net.add(mon)
     bn.net.run(20 * 0.5 * brian2.ms, namespace=bn.namespace)
     final = bn.state_tensor(torch.float64).numpy()
