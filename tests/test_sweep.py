@@ -248,3 +248,27 @@ def test_plan_hash_follows_the_config(tmp_path):
 def test_shipped_sweep_models_validate(model, tmp_path):
     plan = plan_sweep(model, out=tmp_path / "x.nc")
     assert len(plan.cells) >= 2 and not plan.done
+
+
+def test_existing_cluster_by_address(tmp_path):
+    """--scheduler ADDRESS: the sweep runs on a cluster it did not start (here a one-worker
+    cluster started by the test, reached only through its tcp:// address) and leaves it up."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        out = tmp_path / "remote.nc"
+        spec = {"integrator.scheme": ["euler", "semi_implicit"]}
+        assert sweep_main([_write(tmp_path, with_sweep(spec)), "--out", str(out),
+                           "--scheduler", cluster.scheduler_address, "--quiet"]) == 0
+        ds = ctpc.open_results(out)
+        assert dict(zip(ds["integrator.scheme"].values, ds.status.values)) == {
+            "euler": "diverged", "semi_implicit": "ok"}
+        with Client(cluster.scheduler_address) as client:   # still running afterwards
+            assert len(client.scheduler_info()["workers"]) == 1
+
+
+def _write(tmp_path, raw) -> str:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
