@@ -5,10 +5,10 @@
     ds = ctpc.simulate(cfg)                 # xarray.Dataset; see README "Dataset schema"
     ds = ctpc.open_results("runs/pcalm_deep.nc")
 """
-__version__ = "0.1.0"
-
-from .config import Config, ConfigError, load_config  # noqa: E402
-from .io import open_results  # noqa: E402
-from .run import simulate  # noqa: E402
+from ._version import __version__
+from .config import Config, ConfigError
+from .io import open_results
+from .loading import load_config
+from .run import simulate
 
 __all__ = ["Config", "ConfigError", "load_config", "open_results", "simulate", "__version__"]

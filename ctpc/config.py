@@ -1,26 +1,30 @@
-"""The one validated description of a run: YAML -> typed, checked objects.
+"""The schema: the one validated description of a run, as typed, checked objects.
 
 Everything a backend needs (network, data, dynamics, integrator, recording) is here, so every
-backend and every analysis reads the same model. Validation happens in two passes:
+backend and every analysis reads the same model. This module is the bottom layer of the package:
+it touches no file and imports nothing of ctpc but the scheme table. Validation happens in two
+passes:
 
-1. ``Config.model_validate`` checks types, ranges and which keys exist (pydantic, ``extra=forbid``);
-2. ``resolve`` fills what depends on files (input/output sizes of a data set, weight shapes) and
-   checks the cross-field constraints that need those sizes.
+1. ``Config.model_validate`` (here) checks types, ranges and which keys exist (pydantic,
+   ``extra=forbid``; every float must be finite unless a key documents ``.inf``);
+2. :func:`ctpc.loading.resolve` fills what depends on files (input/output sizes of a data set,
+   weight shapes) and checks the cross-field constraints that need those sizes.
 
 Both raise :class:`ConfigError`, whose message names the key path and what is accepted.
 """
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .schemes import SCHEME_NAMES, SCHEMES
 
 Activation = Literal["linear", "tanh", "relu"]
-Scheme = Literal["euler", "semi_implicit", "heun", "rk4", "discrete"]
+Scheme = Literal[SCHEME_NAMES]
 Variable = Literal["h", "lam", "err", "credit"]
 ALL_VARIABLES: tuple[str, ...] = ("h", "lam", "err", "credit")
 
@@ -31,7 +35,8 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     # extra="forbid": a typo in a key is an error, never silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: .inf/.nan are refused unless a field allows them explicitly.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class NetworkConfig(_Strict):
@@ -69,7 +74,8 @@ class DynamicsConfig(_Strict):
     rho: float = Field(1.0, gt=0)
     tau_h: float | Literal["auto"] | None = Field(
         None, description="activity time constant (ms); 'auto' = dt * lambda_max")
-    tau_lambda: float | None = Field(None, gt=0, description="multiplier time constant (ms); .inf allowed")
+    tau_lambda: float | None = Field(None, gt=0, allow_inf_nan=True,
+                                     description="multiplier time constant (ms); .inf allowed")
     tau_e: float = Field(0.0, ge=0, description="error-neuron time constant (ms); 0 = instantaneous")
     state_lr: float | Literal["auto"] | None = Field(None, description="paper's eta_h = dt/tau_h")
     alpha: float | None = Field(None, ge=0, description="paper's alpha = dt/tau_lambda")
@@ -86,6 +92,8 @@ class DynamicsConfig(_Strict):
             value = getattr(self, key)
             if isinstance(value, float) and not value > 0:
                 raise ValueError(f"dynamics.{key} must be > 0 or 'auto' (got {value})")
+        if self.tau_lambda is not None and math.isnan(self.tau_lambda):
+            raise ValueError("dynamics.tau_lambda must be a positive number or .inf (got nan)")
         return self
 
     @property
@@ -157,11 +165,6 @@ class RecordConfig(_Strict):
 
 Brian2Target = Literal["numpy", "cython", "cpp_standalone"]
 Brian2Method = Literal["euler", "rk2", "heun", "rk4"]
-# integrator.scheme -> Brian2 state-update method. ``heun`` is the explicit trapezoid (ctpc's heun),
-# built as a Brian2 ExplicitStateUpdater: Brian2's own 'heun' is the *stochastic* Heun method, which
-# is plain Euler for deterministic equations. The Gauss-Seidel schemes need no method: they are a
-# fixed schedule of Euler updates (see the README, "Brian2 backend").
-BRIAN2_METHOD_OF_SCHEME = {"euler": "euler", "heun": "heun", "rk4": "rk4"}
 
 
 class Brian2Config(_Strict):
@@ -181,7 +184,7 @@ class Brian2Config(_Strict):
 class Config(_Strict):
     name: str = ""
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="weights, data order, synthetic data")
     dtype: Literal["float32", "float64"] = "float32"
     device: Literal["cpu", "cuda", "auto"] = "auto"
     backend: Literal["torch", "brian2"] = "torch"
@@ -243,11 +246,12 @@ def _check_brian2(cfg: "Config") -> None:
     if cfg.device == "cuda":
         raise ValueError("device: 'cuda' is not available with backend: brian2 (Brian2 runs on "
                          "the CPU); set device: cpu or auto, or use backend: torch")
-    if b2.method is not None and scheme not in BRIAN2_METHOD_OF_SCHEME:
+    if b2.method is not None and SCHEMES[scheme].gauss_seidel:
+        explicit = sorted(n for n, s in SCHEMES.items() if not s.gauss_seidel)
         raise ValueError(
             f"brian2.method ({b2.method!r}) applies to the explicit schemes only; scheme "
             f"{scheme!r} is a fixed Gauss-Seidel schedule of Euler updates. Remove brian2.method "
-            f"or set integrator.scheme to one of {sorted(BRIAN2_METHOD_OF_SCHEME)}")
+            f"or set integrator.scheme to one of {explicit}")
     if b2.construction == "network_operation" and b2.target == "cpp_standalone":
         raise ValueError(
             "brian2.construction 'network_operation' runs Python code during the run, which "
@@ -266,153 +270,7 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-# ------------------------------------------------------------------------- loading
-def _format_validation_error(err: ValidationError, where: str) -> str:
-    lines = [f"invalid configuration{where}:"]
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the config reference in README.md)"
-        got = e.get("input")
-        got_txt = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) \
-            else f" (got {got!r})"
-        lines.append(f"  - {path}: {msg}{got_txt}")
-    return "\n".join(lines)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``a.b.c=value``; the value is parsed as YAML (numbers, lists, null, .inf...)."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. --set integrator.dt=0.5")
-    key, _, raw = text.partition("=")
-    key = key.strip()
-    if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"--set {text!r}: empty key path; expected e.g. network.width=64")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML ({exc})") from None
-    return key.split("."), value
-
-
-def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any] | None) -> dict:
-    """Return a copy of a raw config dict with ``key.path=value`` overrides applied."""
-    raw = copy.deepcopy(raw)
-    items = overrides.items() if isinstance(overrides, dict) else \
-        [(".".join(k), v) for k, v in map(parse_override, overrides or [])]
-    for dotted, value in items:
-        keys = dotted.split(".")
-        node = raw
-        for i, k in enumerate(keys[:-1]):
-            child = node.get(k)
-            if child is None:
-                child = node[k] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {dotted}: {'.'.join(keys[:i + 1])} is a value, "
-                                  "not a section")
-            node = child
-        node[keys[-1]] = value
-    return raw
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
-    return raw
-
-
-def validate(raw: dict, where: str = "") -> Config:
-    """Schema validation only (no files touched)."""
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, where)) from None
-
-
-def load_config(source: Union[str, Path, dict, Config], overrides=None, *,
-                resolve_files: bool = True) -> Config:
-    """Load, override, validate and resolve a configuration.
-
-    ``source`` is a YAML path, a dict or a Config; ``overrides`` is a list of ``"a.b=value"``
-    strings or a ``{"a.b": value}`` dict. Relative paths in the file (data.path,
-    network.weights) are taken relative to the current directory, as on the command line.
-    Raises :class:`ConfigError` with the offending key path.
-    """
-    where = ""
-    if isinstance(source, Config):
-        raw = source.to_dict()
-    elif isinstance(source, dict):
-        raw = source
-    else:
-        raw = read_yaml(source)
-        where = f" in {source}"
-        raw.setdefault("name", Path(source).stem)
-    cfg = validate(apply_overrides(raw, overrides), where)
-    return resolve(cfg) if resolve_files else cfg
-
-
-def resolve(cfg: Config) -> Config:
-    """Fill sizes from the data set and weights, and check everything that needs them."""
-    from . import data as data_mod
-    from .network import check_weights_file
-
-    cfg = cfg.model_copy(deep=True)
-    d_in, d_out, n_examples = data_mod.describe(cfg.data, cfg.network, cfg.seed)
-    for key, found in (("input_dim", d_in), ("output_dim", d_out)):
-        given = getattr(cfg.network, key)
-        if given is None:
-            setattr(cfg.network, key, found)
-        elif found is not None and given != found:
-            raise ConfigError(f"network.{key} is {given} but data.source={cfg.data.source!r} "
-                              f"provides {found}; set network.{key}: {found} or null")
-    if cfg.network.input_dim is None or cfg.network.output_dim is None:
-        raise ConfigError("network.input_dim and network.output_dim are required for "
-                          "data.source: synthetic")
-    if n_examples is not None and cfg.data.offset + cfg.data.batch_size > n_examples:
-        raise ConfigError(
-            f"data.batch_size ({cfg.data.batch_size}) + data.offset ({cfg.data.offset}) exceeds "
-            f"the {n_examples} examples of data.source={cfg.data.source!r}; lower one of them")
-    if cfg.network.weights is not None:
-        check_weights_file(cfg.network.weights, layer_shapes(cfg))
-    _check_record(cfg)
-    if cfg.dynamics.needs_auto_step:
-        from .stability import resolve_auto_step  # needs the built network and batch
-        cfg = resolve_auto_step(cfg)
-    return cfg
-
-
 def layer_shapes(cfg: Config) -> list[tuple[int, int]]:
-    """[out, in] shape of w1 ... wL."""
+    """[out, in] shape of w1 ... wL (input/output sizes must be resolved)."""
     n, net = cfg.network.width, cfg.network
     return [(n, net.input_dim)] + [(n, n)] * (net.depth - 2) + [(net.output_dim, n)]
-
-
-def _check_record(cfg: Config) -> None:
-    rec = cfg.record
-    bounds = {"layers": (1, cfg.n_hidden, "hidden layers 1 .. depth-1"),
-              "samples": (0, cfg.data.batch_size - 1, "batch indices 0 .. batch_size-1"),
-              "units": (0, cfg.network.width - 1, "units 0 .. width-1")}
-    for key, (lo, hi, what) in bounds.items():
-        sel = getattr(rec, key)
-        if sel == "all":
-            continue
-        if not sel:
-            raise ConfigError(f"record.{key}: empty list; use 'all' or a list of {what}")
-        bad = [i for i in sel if not lo <= i <= hi]
-        if bad:
-            raise ConfigError(f"record.{key}: {bad} out of range; accepted: {what} "
-                              f"({lo} .. {hi}), or 'all'")
-        if len(set(sel)) != len(sel):
-            raise ConfigError(f"record.{key}: duplicate entries in {sel}")
-    if len(set(rec.variables)) != len(rec.variables):
-        raise ConfigError(f"record.variables: duplicate entries in {rec.variables}")

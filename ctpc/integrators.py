@@ -1,6 +1,11 @@
 """Time-stepping schemes over :class:`ctpc.dynamics.Dynamics`.
 
-Two families, one interface (``init`` / ``step`` / ``state``), in the spirit of diffrax:
+Two families (facts in :mod:`ctpc.schemes`), one small interface in the spirit of diffrax:
+
+    solver = make_solver(dyn, "rk4", dt)
+    carry = solver.init(S, params)          # per presentation
+    carry = solver.step(carry, params)      # pure: returns a new carry, never mutates its input
+    S = solver.state(carry)
 
 * :class:`ExplicitRK` - any explicit Runge-Kutta tableau over the full RHS: ``euler`` (Jacobi:
   every population sees the old state), ``heun``, ``rk4``.
@@ -9,96 +14,115 @@ Two families, one interface (``init`` / ``step`` / ``state``), in the spirit of 
   paper's algorithm (spec section 3): ``inner_steps`` primal steps per dual step, and a final
   step that is primal only (``pre_dual``) or primal + dual (``post_dual``). With
   ``eta_h = dt/tau_h``, ``alpha = dt/tau_lam`` one semi-implicit step is one paper iteration.
+
+``dt`` (ms) is a python float, or a tensor [R, 1, 1] when replicas step differently; a replica
+whose ``dt`` is 0 does not move (that is how a diverged replica is frozen).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from .dynamics import ERR, H, LAM, Dynamics
+from .dynamics import POP_ERR, POP_H, POP_LAM, Dynamics, Params, Scalar
 from .network import Residuals
-
-TABLEAUS = {
-    # (a rows, b, order)
-    "euler": ([], [1.0], 1),
-    "heun": ([[1.0]], [0.5, 0.5], 2),
-    "rk4": ([[0.5], [0.0, 0.5], [0.0, 0.0, 1.0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6], 4),
-}
+from .schemes import SchemeInfo, scheme as scheme_info
 
 
+def axpy_(y: torch.Tensor, x: torch.Tensor, c: Scalar) -> torch.Tensor:
+    """y += c * x in place, for a python-float or broadcastable-tensor c."""
+    if isinstance(c, torch.Tensor):
+        return y.addcmul_(x, c)
+    return y.add_(x, alpha=c)
+
+
+@dataclass(frozen=True)
 class ExplicitRK:
     """Explicit Runge-Kutta step of a Butcher tableau; the carry is the state itself."""
+    dyn: Dynamics
+    dt: Scalar
+    info: SchemeInfo
 
-    def __init__(self, dyn: Dynamics, dt: float, scheme: str):
-        self.dyn, self.dt = dyn, dt
-        self.a, self.b, self.order = TABLEAUS[scheme]
-
-    def init(self, S: torch.Tensor) -> torch.Tensor:
+    def init(self, S: torch.Tensor, p: Params) -> torch.Tensor:
+        p.check_current()
         return S
 
     def state(self, carry: torch.Tensor) -> torch.Tensor:
         return carry
 
-    def step(self, S: torch.Tensor, last: bool = False) -> torch.Tensor:
-        ks = [self.dyn.rhs(S)]
-        for row in self.a:
+    def step(self, S: torch.Tensor, p: Params, last: bool = False) -> torch.Tensor:
+        tab, dt = self.info.tableau, self.dt
+        ks = [self.dyn.rhs(S, p)]
+        for row in tab.a:
             stage = S.clone()
             for coeff, k in zip(row, ks):
                 if coeff:
-                    stage.add_(k, alpha=self.dt * coeff)
-            ks.append(self.dyn.rhs(stage))
+                    axpy_(stage, k, dt * coeff)
+            ks.append(self.dyn.rhs(stage, p))
         out = S.clone()
-        for coeff, k in zip(self.b, ks):
-            out.add_(k, alpha=self.dt * coeff)
+        for coeff, k in zip(tab.b, ks):
+            axpy_(out, k, dt * coeff)
         return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class GSCarry:
     S: torch.Tensor
-    res: Residuals   # residuals at S's activities, reused by the next primal step
+    resid: Residuals   # residuals at S's activities, reused by the next primal step
 
 
+@dataclass(frozen=True)
 class GaussSeidel:
     """Primal (activity) step(s), then the dual (error, multiplier) update with new residuals.
 
     The residual computed for the dual update is exactly the one the next primal step needs,
     so it is carried over: one network pass per primal step.
     """
+    dyn: Dynamics
+    dt: Scalar
+    info: SchemeInfo
+    inner_steps: int = 1
+    final_dual: bool = True
 
-    def __init__(self, dyn: Dynamics, dt: float, inner_steps: int = 1,
-                 final_dual: bool = True):
-        self.dyn, self.dt = dyn, dt
-        self.inner_steps = inner_steps
-        self.final_dual = final_dual
-
-    def init(self, S: torch.Tensor) -> GSCarry:
-        return GSCarry(S, self.dyn.residuals(S))
+    def init(self, S: torch.Tensor, p: Params) -> GSCarry:
+        p.check_current()
+        return GSCarry(S, self.dyn.residuals(S, p))
 
     def state(self, carry: GSCarry) -> torch.Tensor:
         return carry.S
 
-    def step(self, carry: GSCarry, last: bool = False) -> GSCarry:
-        dyn, dt = self.dyn, self.dt
-        S, res = carry.S.clone(), carry.res
+    def step(self, carry: GSCarry, p: Params, last: bool = False) -> GSCarry:
+        dyn, dt, k = self.dyn, self.dt, p.rates
+        S, resid = carry.S.clone(), carry.resid
+        c_h = dt * k.k_h
         for _ in range(self.inner_steps):
-            S[H].sub_(dyn.activity_gradient(S, res), alpha=dt * dyn.k_h)
-            res = dyn.residuals(S)
+            axpy_(S[POP_H], dyn.activity_gradient(S, resid, p), -c_h)
+            resid = dyn.residuals(S, p)
         if self.final_dual or not last:
             if dyn.leaky:
-                S[ERR].add_(res.r - S[ERR], alpha=dt * dyn.k_e)
-            if dyn.k_lam:
-                S[LAM].add_(dyn.error(S, res), alpha=dt * dyn.k_lam)
-        return GSCarry(S, res)
+                axpy_(S[POP_ERR], resid.r - S[POP_ERR], dt * k.k_e)
+            if _nonzero(k.k_lam):
+                axpy_(S[POP_LAM], dyn.error(S, resid), dt * k.k_lam)
+        return GSCarry(S, resid)
 
 
-def make_solver(scheme: str, dyn: Dynamics, dt: float, *, inner_steps: int = 1,
+def _nonzero(c: Scalar) -> bool:
+    return isinstance(c, torch.Tensor) or c != 0
+
+
+def make_solver(dyn: Dynamics, scheme: str, dt: Scalar, *, inner_steps: int = 1,
                 weight_credit_timing: str = "pre_dual"):
-    if scheme in TABLEAUS:
-        return ExplicitRK(dyn, dt, scheme)
-    if scheme == "semi_implicit":
-        return GaussSeidel(dyn, dt)
-    if scheme == "discrete":
-        return GaussSeidel(dyn, dt, inner_steps, final_dual=weight_credit_timing == "post_dual")
-    raise ValueError(f"unknown integrator.scheme {scheme!r}")
+    """The solver of ``scheme`` (a name of :data:`ctpc.schemes.SCHEMES`) with step ``dt`` (ms)."""
+    info = scheme_info(scheme)
+    if not info.gauss_seidel:
+        return ExplicitRK(dyn, dt, info)
+    if info.name == "discrete":
+        return GaussSeidel(dyn, dt, info, inner_steps,
+                           final_dual=weight_credit_timing == "post_dual")
+    return GaussSeidel(dyn, dt, info)
+
+
+def with_dt(solver, dt: Scalar):
+    """The same solver with another step (e.g. 0 for frozen replicas)."""
+    return dataclasses.replace(solver, dt=dt)

@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import os
-import sys
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from . import __version__
-from .config import Config
-from .recording import SERIES_LAYER, SERIES_WEIGHT
-from .results import RunResult
+from ._version import __version__
+from .config import Config, ConfigError
+from .results import SERIES_LAYER, SERIES_WEIGHT, RunResult
 
 VAR_ATTRS = {
     "h": ("activity neurons h (per layer, sample, unit)", "1"),
@@ -113,16 +112,82 @@ def build_dataset(cfg: Config, res: RunResult, command: str | None = None) -> xr
     return ds
 
 
+class OutputError(ConfigError):
+    """An output path that cannot be written (exit code 2 on the command line)."""
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """A write killed midway leaves ``NAME.tmp-PID`` (never a truncated ``NAME``: writes are
+    atomic). Remove those of ``path`` whose writer process is gone."""
+    if not path.parent.is_dir():
+        return
+    for tmp in path.parent.glob(f"{path.name}.tmp-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def check_output_path(path: str | Path, what: str = "--out") -> Path:
+    """Check, before any work, that ``path`` can be written: not empty, not a directory, its
+    parent a (creatable) writable directory. Creates the parent; removes stale temporaries of
+    an earlier killed write of the same file. Raises :class:`OutputError` naming the fix."""
+    if str(path).strip() == "":
+        raise OutputError(f"{what}: empty path; give a file name such as runs/run.nc")
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {str(path)!r} is a directory; give a file path inside it, "
+                          f"e.g. {str(path / 'run.nc')!r}")
+    for parent in [path.parent, *path.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{what} {str(path)!r}: {str(parent)!r} is a file, not a "
+                                  "directory; choose another output path")
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{what} {str(path)!r}: cannot create its directory "
+                          f"({exc.strerror}); choose a writable location") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {str(path)!r}: directory {str(path.parent)!r} is not "
+                          "writable; choose a writable location or fix its permissions")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputError(f"{what} {str(path)!r} exists and is read-only; remove it or choose "
+                          "another output path")
+    remove_stale_temporaries(path)
+    return path
+
+
 def write_netcdf(ds: xr.Dataset, path: str | Path) -> Path:
     """Write compressed netCDF4 to ``path.tmp-PID`` and rename: an interrupted write never
-    leaves a truncated file under the final name."""
+    leaves a truncated file under the final name. A failed write (full disk, permissions) is an
+    :class:`OutputError` that says so plainly; the temporary is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = _temporary(path)
     encoding = {name: {"zlib": True, "complevel": 4} for name in ds.data_vars}
     try:
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+        hint = (" (the disk is full)" if free < 16 * 2**20 else "")
+        raise OutputError(f"writing {str(path)!r} failed{hint}: {exc}. Nothing was written "
+                          "under that name; free space or choose another output path") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -130,12 +195,20 @@ def write_netcdf(ds: xr.Dataset, path: str | Path) -> Path:
 
 
 def open_results(path: str | Path) -> xr.Dataset:
-    """Open a saved run (or sweep) as an ``xarray.Dataset`` (lazily loaded)."""
+    """Open a saved run, sweep or training run as an ``xarray.Dataset`` (lazily loaded).
+    A missing, unreadable or non-ctpc file raises :class:`ResultsError` naming the file."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no results file at {str(path)!r}")
-    return xr.open_dataset(path, engine="netcdf4")
+        raise ResultsError(f"no results file at {str(path)!r}")
+    if path.is_dir():
+        raise ResultsError(f"{str(path)!r} is a directory; give the .nc file a run or sweep "
+                           "wrote")
+    try:
+        return xr.open_dataset(path, engine="netcdf4")
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"{str(path)!r} is not a readable netCDF file (truncated, corrupt or "
+                           f"another format: {exc}); rerun the command that wrote it") from None
 
 
-def command_line() -> str:
-    return " ".join([Path(sys.executable).name, "-m", "ctpc.simulate", *sys.argv[1:]])
+class ResultsError(ConfigError):
+    """A results file that cannot be opened."""

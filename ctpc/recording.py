@@ -1,5 +1,5 @@
 """What a run keeps over time: a plan (which steps, layers, samples, units, variables), its size
-estimate, and preallocated on-device buffers filled at record steps.
+estimate, and preallocated on-device buffers filled at record steps, for R replicas at once.
 
 Per-layer summaries (norms, energy, BP alignment) are always kept for every layer at every
 record step: they are small ``[time, layer]`` series and are what propagation studies read.
@@ -7,18 +7,17 @@ Full traces ``[time, layer, sample, unit]`` are kept for the selection in ``reco
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .config import Config, ConfigError
-from .dynamics import LAM, Dynamics
+from .dynamics import POP_H, POP_LAM, Dynamics, Params
+from .network import Weights, rms_norm
 from .reference import BPReference
-
-SERIES_LAYER = ("res_norm", "err_norm", "lam_norm", "credit_norm")   # [time, layer]
-SERIES_WEIGHT = ("bp_cos", "bp_relerr")                             # [time, weight]
-SERIES_SCALAR = ("energy", "loss")                                   # [time]
+from .results import SERIES_LAYER, SERIES_SCALAR, SERIES_WEIGHT, RunResult
 
 
 @dataclass
@@ -73,89 +72,132 @@ def check_size(cfg: Config, plan: RecordPlan) -> None:
             f"fewer record.variables, or raise record.max_mb.")
 
 
-def _rms(t: torch.Tensor) -> torch.Tensor:
-    """RMS over the batch of each sample's L2 norm, per layer: [H, B, N] -> [H]."""
-    return t.square().sum(-1).mean(-1).sqrt()
+def _per_weight(fn, est: Weights, ref: Weights) -> torch.Tensor:
+    """fn(estimate, bp) summed over each matrix, the L-2 square ones batched -> [L, R]."""
+    dims = (-2, -1)
+    return torch.cat([fn(est.w_in, ref.w_in).sum(dims)[None],
+                      fn(est.w_mid, ref.w_mid).sum(dims),
+                      fn(est.w_out, ref.w_out).sum(dims)[None]])
+
+
+def alignment(est: Weights, ref: Weights) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cosine [L, R], relative error [L, R]) of each weight matrix's estimate against BP.
+
+    An estimate that is exactly zero (e.g. every hidden layer at the feed-forward start, where
+    r = 0 and lambda = 0) has cosine 0: it carries no alignment."""
+    dots = _per_weight(lambda g, b: g * b, est, ref)
+    norms = _per_weight(lambda g, b: g * g, est, ref).sqrt()
+    bp_norm = _per_weight(lambda g, b: b * b, est, ref).sqrt()
+    diff = _per_weight(lambda g, b: (g - b).square(), est, ref).sqrt()
+    cos = torch.where(norms > 0, dots / (norms * bp_norm), torch.zeros_like(dots))
+    return cos, diff / bp_norm
 
 
 class Recorder:
-    """Preallocated device buffers; ``record`` writes one time slot, no host copy until the end."""
+    """Preallocated device buffers for R replicas; ``record`` writes one time slot (all replicas
+    at the same step), and nothing is copied to the host until :meth:`results`."""
 
-    def __init__(self, dyn: Dynamics, plan: RecordPlan, bp: BPReference):
-        self.dyn, self.plan = dyn, plan
+    def __init__(self, dyn: Dynamics, plan: RecordPlan, bp: BPReference, replicas: int):
+        self.dyn, self.plan, self.bp, self.replicas = dyn, plan, bp, replicas
         net = dyn.net
         dev, dt = net.device, net.dtype
-        n_t, n_h, n_w = len(plan.steps), net.n_hidden, net.depth
-        self.traces = {v: torch.zeros(plan.trace_shape, device=dev, dtype=dt)
+        # one spare slot: the final state of each replica, at its own last step
+        n_t, n_h, n_w, R = len(plan.steps) + 1, net.n_hidden, net.depth, replicas
+        _, l, s, u = plan.trace_shape
+        self.traces = {v: torch.zeros(n_t, l, R, s, u, device=dev, dtype=dt)
                        for v in plan.variables}
-        self.series = {k: torch.zeros(n_t, device=dev, dtype=dt) for k in SERIES_SCALAR}
-        self.series |= {k: torch.zeros(n_t, n_h, device=dev, dtype=dt) for k in SERIES_LAYER}
-        self.series |= {k: torch.zeros(n_t, n_w, device=dev, dtype=dt) for k in SERIES_WEIGHT}
+        self.series = {k: torch.zeros(n_t, R, device=dev, dtype=dt) for k in SERIES_SCALAR}
+        self.series |= {k: torch.zeros(n_t, n_h, R, device=dev, dtype=dt) for k in SERIES_LAYER}
+        self.series |= {k: torch.zeros(n_t, n_w, R, device=dev, dtype=dt) for k in SERIES_WEIGHT}
         idx = lambda a: torch.as_tensor(a, device=dev, dtype=torch.long)
         self._layer_idx = None if plan.all_layers else idx(plan.layers - 1)
         self._sample_idx = None if plan.all_samples else idx(plan.samples)
         self._unit_idx = None if plan.all_units else idx(plan.units)
-        self.bp_in, self.bp_out = bp.grads[0], bp.grads[-1]
-        self.bp_mid = torch.stack(bp.grads[1:-1]) if n_w > 2 else net.w_mid.new_zeros(0, 1, 1)
-        self.bp_norm = torch.stack([b.square().sum() for b in bp.grads]).sqrt()   # [L]
-        self.recorded_steps: list[int] = []
+        self.slot_steps: list[int] = []
         self._next = 0   # index into plan.steps of the next step due
 
-    def _per_weight(self, fn, grads) -> torch.Tensor:
-        """Apply fn(estimate, bp) per weight matrix, with the L-2 square ones batched -> [L]."""
-        g_in, g_mid, g_out = grads
-        parts = [fn(g_in, self.bp_in).reshape(1)]
-        if self.bp_mid.shape[0]:
-            parts.append(fn(g_mid, self.bp_mid))
-        parts.append(fn(g_out, self.bp_out).reshape(1))
-        return torch.cat(parts)
-
     def _select(self, t: torch.Tensor) -> torch.Tensor:
+        """[H, R, B, N] -> [layers, R, samples, units]."""
         if self._layer_idx is not None:
             t = t.index_select(0, self._layer_idx)
         if self._sample_idx is not None:
-            t = t.index_select(1, self._sample_idx)
+            t = t.index_select(2, self._sample_idx)
         if self._unit_idx is not None:
-            t = t.index_select(2, self._unit_idx)
+            t = t.index_select(3, self._unit_idx)
         return t
 
     def due(self, step: int) -> bool:
         return self._next < len(self.plan.steps) and self.plan.steps[self._next] == step
 
-    def maybe_record(self, step: int, S: torch.Tensor) -> None:
+    def maybe_record(self, step: int, S: torch.Tensor, p: Params) -> None:
         if self.due(step):
-            self.record(step, S)
+            self.record(step, S, p)
 
-    def record(self, step: int, S: torch.Tensor) -> None:
-        """Write the state at ``step`` into the next free slot."""
-        i, dyn = len(self.recorded_steps), self.dyn
-        res = dyn.residuals(S)
-        err, credit = dyn.error(S, res), dyn.credit(S, res)
-        values = {"h": S[0], "lam": S[LAM], "err": err, "credit": credit}
+    def _values(self, S: torch.Tensor, p: Params, resid):
+        err, credit = self.dyn.error(S, resid), self.dyn.credit(S, resid, p)
+        return {"h": S[POP_H], "lam": S[POP_LAM], "err": err, "credit": credit}
+
+    def _write(self, i: int, S: torch.Tensor, p: Params) -> None:
+        dyn = self.dyn
+        resid = dyn.residuals(S, p)
+        values = self._values(S, p, resid)
+        err, credit = values["err"], values["credit"]
         for name, buf in self.traces.items():
             buf[i] = self._select(values[name])
-        energy, loss = dyn.energy(S, res)
+        energy, loss = dyn.energy(S, resid, p)
         self.series["energy"][i] = energy
         self.series["loss"][i] = loss
-        for key, t in zip(SERIES_LAYER, (res.r, err, S[LAM], credit)):
-            self.series[key][i] = _rms(t)
-        grads = dyn.weight_gradients(S, res)
-        dims = (-2, -1)
-        dots = self._per_weight(lambda g, b: (g * b).sum(dim=dims), grads)
-        norms = self._per_weight(lambda g, b: (g * g).sum(dim=dims), grads).sqrt()
-        diff = self._per_weight(lambda g, b: (g - b).square().sum(dim=dims), grads).sqrt()
-        self.series["bp_cos"][i] = dots / (norms * self.bp_norm)
-        self.series["bp_relerr"][i] = diff / self.bp_norm
-        self.recorded_steps.append(step)
+        for key, t in zip(SERIES_LAYER, (resid.r, err, S[POP_LAM], credit)):
+            self.series[key][i] = rms_norm(t)
+        cos, rel = alignment(dyn.weight_gradients(S, resid, p), self.bp.grads)
+        self.series["bp_cos"][i] = cos
+        self.series["bp_relerr"][i] = rel
+
+    def record(self, step: int, S: torch.Tensor, p: Params) -> None:
+        """Write the state at ``step`` (every replica) into the next free slot."""
+        self._write(len(self.slot_steps), S, p)
+        self.slot_steps.append(step)
         self._next = int(np.searchsorted(self.plan.steps, step, side="right"))
 
-    def truncate(self, last_step: int) -> None:
-        """Forget slots after ``last_step`` (a diverged run keeps its trace up to there)."""
-        self.recorded_steps = [s for s in self.recorded_steps if s <= last_step]
-        self._next = int(np.searchsorted(self.plan.steps, last_step, side="right"))
+    def results(self, S: torch.Tensor, p: Params, steps_completed, diverged_step, *, dt,
+                backend: str, device: str, t0: float, extra_attrs=None,
+                slot_traces: dict | None = None) -> list[RunResult]:
+        """The per-replica results of a finished run: ``S`` is the final state of every replica
+        (a diverged replica's last bounded state), ``steps_completed[r]`` its step, and
+        ``diverged_step[r]`` the first out-of-bounds step or None. ``dt[r]`` in ms.
 
-    def to_numpy(self) -> tuple[dict, dict]:
-        n = len(self.recorded_steps)
-        traces = {k: v[:n].cpu().numpy() for k, v in self.traces.items()}
-        series = {k: v[:n].cpu().numpy() for k, v in self.series.items()}
-        return traces, series
+        ``slot_traces``: traces recorded elsewhere (the Brian2 backend's StateMonitors), var ->
+        [slots, layers, R, samples, units] for the slots recorded so far; the final state's
+        traces are added here, from ``S``, as for the recorder's own buffers."""
+        final = len(self.slot_steps)
+        self._write(final, S, p)
+        with torch.no_grad():
+            resid = self.dyn.residuals(S, p)
+            grads = self.dyn.weight_gradients(S, resid, p)
+            values = self._values(S, p, resid)
+        host = lambda t: t.detach().cpu().numpy()
+        traces = {k: host(v[:final + 1]) for k, v in self.traces.items()}
+        for k, v in (slot_traces or {}).items():
+            traces[k] = np.concatenate([v[:final], host(self._select(values[k]))[None]])
+        series = {k: host(v[:final + 1]) for k, v in self.series.items()}
+        adjoint = host(self.bp.adjoint_norm)
+        grads_h = [[host(m) for m in grads.matrices(r)] for r in range(self.replicas)]
+        bp_h = [[host(m) for m in self.bp.grads.matrices(r)] for r in range(self.replicas)]
+        slot_steps = np.asarray(self.slot_steps, dtype=np.int64)
+        wall = time.perf_counter() - t0
+        out = []
+        for r in range(self.replicas):
+            done = int(steps_completed[r])
+            keep = np.append(np.flatnonzero(slot_steps < done), final)
+            out.append(RunResult(
+                steps=np.append(slot_steps[slot_steps < done], done), dt=float(dt[r]),
+                traces={k: v[keep][:, :, r] for k, v in traces.items()},
+                series={k: v[keep][..., r] for k, v in series.items()},
+                grads=grads_h[r], bp_grads=bp_h[r], bp_adjoint_norm=adjoint[:, r],
+                layers=self.plan.layers, samples=self.plan.samples, units=self.plan.units,
+                all_layers=self.plan.all_layers, n_hidden=self.dyn.net.n_hidden,
+                status="ok" if diverged_step[r] is None else "diverged",
+                diverged_at=None if diverged_step[r] is None else diverged_step[r] * float(dt[r]),
+                steps_completed=done, backend=backend, device=device, wall_time_s=wall,
+                extra_attrs=extra_attrs))
+        return out

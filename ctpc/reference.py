@@ -1,36 +1,54 @@
 """Backpropagation through the same network and batch, by autograd: the ground truth every
-credit estimate is compared with."""
+credit estimate is compared with, and the learning rule of ``dynamics.method: bp``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from .network import Network
+from .network import Network, Weights, rms_norm
 
 
 @dataclass
 class BPReference:
-    grads: list[torch.Tensor]   # dl/dW_1 .. dl/dW_L, batch-mean loss, [out, in]
-    adjoints: torch.Tensor      # [H, B, N] per-sample dl_b/dh_l at the feed-forward point
-    loss: float                 # l = 1/2 mean_b ||y_hat - y||^2 at the feed-forward point
+    grads: Weights              # dl/dW of each replica (batch-mean loss), Weights layout
+    adjoints: torch.Tensor      # [H, R, B, N] per-sample dl_b/dh_l at the feed-forward point
+    loss: torch.Tensor          # [R] l = 1/2 mean_b ||y_hat - y||^2 at the feed-forward point
+
+    @property
+    def adjoint_norm(self) -> torch.Tensor:
+        """[H, R] RMS over the batch of each sample's adjoint norm."""
+        return rms_norm(self.adjoints)
 
 
-def bp_reference(net: Network, x: torch.Tensor, y: torch.Tensor) -> BPReference:
-    """Exact BP gradients (autograd through a plain layer-by-layer forward pass)."""
+def forward_layers(net: Network, w: Weights, x: torch.Tensor) -> tuple[list, torch.Tensor]:
+    """Plain layer-by-layer forward pass (autograd-friendly: no in-place writes).
+    Returns ([h_1 .. h_H] each [R, B, N], y_hat [R, B, O])."""
+    hs = [net.input_drive(w, x)]
+    for l in range(net.n_hidden - 1):
+        hs.append(torch.baddbmm(hs[-1], net.phi(hs[-1]), w.w_mid[l].transpose(1, 2),
+                                alpha=net.s_mid))
+    y_hat = net.s_out * torch.bmm(net.phi(hs[-1]), w.w_out.transpose(1, 2))
+    return hs, y_hat
+
+
+def mse_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """[R] 1/2 ||y_hat - y||^2, mean over the batch, per replica."""
+    return 0.5 * (y_hat - y).square().sum(-1).mean(-1)
+
+
+def bp_reference(net: Network, w: Weights, x: torch.Tensor, y: torch.Tensor) -> BPReference:
+    """Exact BP gradients of every replica, by autograd through :func:`forward_layers`."""
     with torch.enable_grad():
-        w_in = net.w_in.detach().clone().requires_grad_()
-        w_mid = [w.detach().clone().requires_grad_() for w in net.w_mid]
-        w_out = net.w_out.detach().clone().requires_grad_()
-        hs = [net.s_in * (x @ w_in.T)]
-        for w in w_mid:
-            hs.append(hs[-1] + net.s_mid * (net.phi(hs[-1]) @ w.T))
+        leaves = w.map(lambda t: t.detach().clone().requires_grad_())
+        hs, y_hat = forward_layers(net, leaves, x)
         for h in hs:
             h.retain_grad()
-        y_hat = net.s_out * (net.phi(hs[-1]) @ w_out.T)
-        loss = 0.5 * ((y_hat - y) ** 2).sum(dim=1).mean()
-        loss.backward()
-    grads = [w_in.grad] + [w.grad for w in w_mid] + [w_out.grad]
+        loss = mse_loss(y_hat, y)
+        # replicas are independent: the gradient of the sum is each replica's own gradient
+        loss.sum().backward()
+    # (depth 2 has no square weights: w_mid is empty and gets no gradient)
+    grads = leaves.map(lambda t: torch.zeros_like(t) if t.grad is None else t.grad.detach())
     # hs[l].grad is d(mean loss)/dh; a sample's own adjoint is B times that.
-    adjoints = torch.stack([h.grad for h in hs]) * x.shape[0]
-    return BPReference([g.detach() for g in grads], adjoints.detach(), float(loss.detach()))
+    adjoints = torch.stack([h.grad for h in hs]) * x.shape[1]
+    return BPReference(grads, adjoints.detach(), loss.detach())

@@ -1,10 +1,17 @@
 """The backend-neutral result of one run (host numpy arrays), turned into the dataset by
-:mod:`ctpc.io`. Every backend fills exactly this, so the saved schema cannot drift."""
+:mod:`ctpc.io`. Every backend fills exactly this (through
+:meth:`ctpc.recording.Recorder.results`), so the saved schema cannot drift. No torch here: reading
+results never imports it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+# Names of the recorded series, by the dimensions they have besides time.
+SERIES_LAYER = ("res_norm", "err_norm", "lam_norm", "credit_norm")   # [time, layer]
+SERIES_WEIGHT = ("bp_cos", "bp_relerr")                             # [time, weight]
+SERIES_SCALAR = ("energy", "loss")                                   # [time]
 
 
 @dataclass

@@ -6,16 +6,15 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .config import Config, ConfigError, load_config
-from .io import build_dataset, write_netcdf
-
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_DIVERGED = 0, 1, 2, 3
+from .config import Config, ConfigError
+from .io import build_dataset, check_output_path, write_netcdf
+from .loading import load_config
 
 
 def run_backend(cfg: Config, progress: bool):
     if cfg.backend == "torch":
         from .backends.torch_backend import run
-    else:
+    else:   # imported only when asked for: Brian2 is a heavy import
         from .backends.brian2_backend import run
     return run(cfg, progress=progress)
 
@@ -26,13 +25,15 @@ def simulate(config, overrides=None, *, out: str | Path | None = None, progress:
 
     ``config``: a YAML path, a dict or a :class:`ctpc.config.Config`; ``overrides``: a list of
     ``"key.path=value"`` strings or a ``{"key.path": value}`` dict. The file is written when
-    ``out`` (or ``config.output``) is set. A diverged run is returned normally with
-    ``ds.attrs["status"] == "diverged"``; check it.
+    ``out`` (or ``config.output``) is set; the target is checked before the run starts. A
+    diverged run is returned normally with ``ds.attrs["status"] == "diverged"``; check it.
     """
     cfg = load_config(config, overrides)
+    target = out if out is not None else cfg.output
+    if target is not None:
+        check_output_path(target)
     result = run_backend(cfg, progress)
     ds = build_dataset(cfg, result, command)
-    target = out if out is not None else cfg.output
     if target is not None:
         write_netcdf(ds, target)
         ds.attrs["path"] = str(target)
@@ -62,5 +63,4 @@ def summary_table(ds: xr.Dataset, max_rows: int = 24) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["simulate", "summary_table", "ConfigError", "EXIT_OK", "EXIT_ERROR", "EXIT_CONFIG",
-           "EXIT_DIVERGED"]
+__all__ = ["simulate", "summary_table", "ConfigError"]

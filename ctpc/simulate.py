@@ -1,75 +1,65 @@
 """Command line: ``python -m ctpc.simulate CONFIG.yaml [--set k=v ...] [--out PATH] ...``.
 
-Exit codes: 0 ok, 1 unexpected error, 2 bad configuration or arguments, 3 the run diverged
-(its trace up to the divergence is still written).
+A thin entry point over :mod:`ctpc.cli` (shared with ``ctpc.train`` and ``ctpc.sweep``) and
+:func:`ctpc.run.simulate`. Exit codes: see :mod:`ctpc.cli`.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-import types
-import warnings
 from pathlib import Path
 
-from .config import ConfigError, load_config
-from .io import command_line
-from .run import EXIT_CONFIG, EXIT_DIVERGED, EXIT_OK, simulate, summary_table
+from . import cli
+from .io import check_output_path
+from .loading import load_config
+from .run import simulate, summary_table
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ctpc.simulate",
         description="Integrate a PC / PC-ALM network described by a YAML model and write its "
-                    "trace as netCDF.",
-        epilog="Exit codes: 0 ok, 1 unexpected error, 2 bad configuration, 3 diverged.")
-    p.add_argument("config", help="model YAML, e.g. models/pcalm_deep.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set integrator.dt=0.5 (repeatable)")
-    p.add_argument("--out", help="output .nc path (default: config 'output', else runs/NAME.nc)")
+                    "trace as netCDF.", epilog=cli.EXIT_CODES_EPILOG)
+    cli.add_run_arguments(p, out_help="output .nc path (default: config 'output', else "
+                                      "runs/NAME.nc)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override 'device'")
     p.add_argument("--backend", choices=["torch", "brian2"], help="override 'backend'")
     p.add_argument("--show-equations", action="store_true",
                    help="print the Brian2 equations of the model and exit (backend brian2)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
     return p
 
 
-def _print_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"ctpc: warning: {message}", file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
-    with warnings.catch_warnings():   # _main's warning display is restored on return
-        return _main(argv)
-
-
-def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
-    overrides = list(args.overrides)
-    if args.device:
-        overrides.append(f"device={args.device}")
+    return cli.run_main("ctpc", lambda: _main(args))
+
+
+def _main(args) -> int:
+    overrides = list(args.overrides) + cli.device_override(args)
     if args.backend:
         overrides.append(f"backend={args.backend}")
-    try:
-        cfg = load_config(args.config, overrides)
-        if cfg.backend == "brian2":
-            # Importing Brian2 routes Python warnings to its log; import it first, then show
-            # warnings meant for the user (e.g. the first-order note) as one plain line.
-            from .backends import brian2_backend  # noqa: F401
-        warnings.showwarning = _print_warning
+    cfg = load_config(args.config, overrides)
+    if cfg.backend == "brian2":
+        # Importing Brian2 routes Python warnings to its log; import it first, then show
+        # warnings meant for the user (e.g. the first-order note) as one plain line.
+        from .backends import brian2_backend
+        cli.show_warnings_plainly()
         if args.show_equations:
-            from .backends.brian2_backend import equations_text
-            print(equations_text(cfg))
-            return EXIT_OK
-        if cfg.sweep:
-            print(f"ctpc: {args.config} has a sweep: section ({', '.join(cfg.sweep)}); "
-                  "simulate runs its base config only. Use python -m ctpc.sweep to run the "
-                  "sweep.", file=sys.stderr)
-        out = Path(args.out or cfg.output or Path("runs") / f"{cfg.name or 'run'}.nc")
-        ds = simulate(cfg, out=out, progress=not args.quiet, command=command_line())
-    except ConfigError as exc:
-        print(f"ctpc: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+            print(brian2_backend.equations_text(cfg))
+            return cli.EXIT_OK
+    elif args.show_equations:
+        print("ctpc: --show-equations prints the Brian2 model; add --backend brian2",
+              file=sys.stderr)
+        return cli.EXIT_CONFIG
+    if cfg.sweep:
+        cli.say("ctpc", f"{args.config} has a sweep: section ({', '.join(cfg.sweep)}); "
+                        "simulate runs its base config only. Use python -m ctpc.sweep to run "
+                        "the sweep.")
+    out = args.out if args.out is not None else (cfg.output or Path("runs") /
+                                                 f"{cfg.name or 'run'}.nc")
+    check_output_path(out)
+    ds = simulate(cfg, out=out, progress=not args.quiet,
+                  command=cli.command_line("ctpc.simulate"))
     a = ds.attrs
     if not args.quiet:
         print(summary_table(ds))
@@ -77,25 +67,17 @@ def _main(argv: list[str] | None) -> int:
           f"{a['wall_time_s']:.2f} s  backend: {a['backend']} ({a['device']})")
     print(f"wrote {out}")
     if a["status"] == "diverged":
-        print(f"ctpc: the run DIVERGED at t = {a['diverged_at']:g} ms (step "
-              f"{a['steps_completed'] + 1}): the state became non-finite or exceeded "
-              f"integrator.divergence_bound = {cfg.integrator.divergence_bound:g}. The trace up "
-              f"to the last bounded state is saved. Try a smaller integrator.dt, another scheme, "
-              f"or check the predicted stable dt with ctpc.stability.", file=sys.stderr)
-        return EXIT_DIVERGED
-    return EXIT_OK
+        cli.say("ctpc", f"the run DIVERGED at t = {a['diverged_at']:g} ms (step "
+                        f"{a['steps_completed'] + 1}): the state became non-finite or exceeded "
+                        f"integrator.divergence_bound = {cfg.integrator.divergence_bound:g}. The "
+                        "trace up to the last bounded state is saved. Try a smaller "
+                        "integrator.dt, another scheme, or check the predicted stable dt with "
+                        "ctpc.stability.")
+        return cli.EXIT_DIVERGED
+    return cli.EXIT_OK
 
 
-class _CallableModule(types.ModuleType):
-    """``import ctpc.simulate`` replaces the package attribute ``ctpc.simulate`` (the API
-    function) by this module; making the module callable keeps ``ctpc.simulate(cfg)`` working
-    either way."""
-
-    def __call__(self, *args, **kwargs):
-        return simulate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+cli.make_callable(__name__, simulate)
 
 if __name__ == "__main__":
     sys.exit(main())

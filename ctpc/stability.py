@@ -9,7 +9,11 @@ local linearisation. Columns are evaluated all at once: a batch of n copies of t
 perturbed along basis vector j (samples are independent, so the batch is n independent systems).
 
 Main entry points: :func:`predicted_dt_max`, :func:`stability_table`, :func:`check_prediction`,
-:func:`activity_hessian_lambda_max` (the paper's eta_h = 1/lambda_max, ``state_lr: auto``).
+:func:`activity_hessian_lambda_max` (the paper's eta_h = 1/lambda_max, ``state_lr: auto``; it
+lives in :mod:`ctpc.stepsize`, below the loading of a config, and is re-exported here).
+
+This module is a study: it sits above :mod:`ctpc.run`, whose ``simulate`` it calls to check a
+prediction against real runs.
 """
 from __future__ import annotations
 
@@ -18,16 +22,17 @@ import math
 import numpy as np
 import pandas as pd
 import torch
-from scipy.sparse.linalg import LinearOperator, eigs
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs
 
-from .backends.torch_backend import build_network
 from .config import Config
-from .dynamics import ERR, LAM, Dynamics
-from .dynamics import H as HPOP
-from .integrators import TABLEAUS, make_solver
+from .dynamics import POP_ERR, POP_H, POP_LAM, Params
+from .integrators import make_solver
+from .model import build_model
 from .reference import bp_reference
+from .run import simulate
+from .schemes import SCHEME_NAMES, SCHEMES
+from .stepsize import activity_hessian_lambda_max, resolve_auto_step  # noqa: F401 (re-export)
 
-SCHEMES = ("euler", "semi_implicit", "discrete", "heun", "rk4")
 # A one-step map with spectral radius above 1 + STABLE_TOL is unstable. Dense eigenvalues of
 # these well-scaled matrices carry ~1e-13 round-off; 1e-9 is far above it and far below any
 # growth a run could show in a realistic number of steps.
@@ -45,52 +50,55 @@ def _float64(cfg: Config) -> Config:
 
 
 class Linearisation:
-    """One sample's dynamics linearised at its feed-forward point."""
+    """One sample's dynamics linearised at its feed-forward point.
+
+    States here are one replica whose batch holds k copies of the sample: [P, H, 1, k, N]."""
 
     def __init__(self, cfg: Config, sample: int = 0, point: str = "feedforward"):
         if point not in POINTS:
             raise ValueError(f"point must be one of {POINTS}, got {point!r}")
         self.cfg = cfg = _float64(cfg)
-        self.net, x, y = build_network(cfg, torch.device("cpu"))
-        self.x, self.y = x[sample:sample + 1], y[sample:sample + 1]
+        model = build_model(cfg, torch.device("cpu"))
+        self.net, self.dyn, self.weights, self.rates = model.net, model.dyn, model.weights, \
+            model.rates
+        self.x, self.y = model.x[:, sample:sample + 1], model.y[:, sample:sample + 1]
         self.tau_h, self.tau_lambda = cfg.rates()
-        dyn = self.dynamics(1)
+        p = self.params(1)
         # Only populations that evolve: PC's lambda is identically 0, not a neutral mode.
-        self.pops = [HPOP] + ([LAM] if dyn.k_lam else []) + ([ERR] if dyn.leaky else [])
-        self.S0 = dyn.initial_state()
+        self.pops = [POP_H] + ([POP_LAM] if self.rates.has_multipliers() else []) + \
+            ([POP_ERR] if self.dyn.leaky else [])
+        self.S0 = self.dyn.initial_state(p)
         if point == "equilibrium":
-            if not dyn.k_lam:
+            if not self.rates.has_multipliers():
                 raise ValueError("point='equilibrium' is known in closed form for PC-ALM only "
                                  "(h = feed-forward, lambda = -BP adjoint); use 'feedforward'")
-            self.S0[LAM] = -bp_reference(self.net, self.x, self.y).adjoints
+            self.S0[POP_LAM] = -bp_reference(self.net, self.weights, self.x, self.y).adjoints
         self.block = (len(self.pops), self.net.n_hidden, self.net.width)
         self.n = math.prod(self.block)
         self.eps = 1.0 if cfg.network.activation == "linear" else 1e-5
 
-    def dynamics(self, copies: int) -> Dynamics:
-        return Dynamics(self.net, self.x.expand(copies, -1), self.y.expand(copies, -1),
-                        rho=self.cfg.dynamics.rho, tau_h=self.tau_h, tau_lambda=self.tau_lambda,
-                        tau_e=self.cfg.dynamics.tau_e)
+    def params(self, copies: int) -> Params:
+        """Params of one replica whose batch is ``copies`` copies of the sample."""
+        return self.dyn.params(self.weights, self.x.expand(-1, copies, -1),
+                               self.y.expand(-1, copies, -1), self.rates)
 
     # ------------------------------------------------------------------ maps and matrices
     def rhs_map(self):
-        return lambda dyn: dyn.rhs
+        return lambda p: (lambda S: self.dyn.rhs(S, p))
 
     def step_map(self, scheme: str, dt: float):
-        def factory(dyn):
-            solver = make_solver(scheme, dyn, dt, inner_steps=self.cfg.integrator.inner_steps)
-            return lambda S: solver.state(solver.step(solver.init(S)))
-        return factory
+        solver = make_solver(self.dyn, scheme, dt, inner_steps=self.cfg.integrator.inner_steps)
+        return lambda p: (lambda S: solver.state(solver.step(solver.init(S, p), p)))
 
     def apply(self, factory, V: torch.Tensor) -> torch.Tensor:
         """Derivative of the map along each row of V [k, n] -> [k, n] (central difference)."""
         k, (p, h, n) = V.shape[0], self.block
-        f = factory(self.dynamics(k))
+        f = factory(self.params(k))
 
         def at(delta):
-            S = self.S0.expand(-1, -1, k, -1).clone()
-            S[self.pops] += delta.reshape(k, p, h, n).permute(1, 2, 0, 3)
-            return f(S)[self.pops].permute(2, 0, 1, 3).reshape(k, p * h * n)
+            S = self.S0.expand(-1, -1, -1, k, -1).clone()
+            S[self.pops] += delta.reshape(k, p, h, n).permute(1, 2, 0, 3).unsqueeze(2)
+            return f(S)[self.pops].squeeze(2).permute(2, 0, 1, 3).reshape(k, p * h * n)
         with torch.no_grad():
             return (at(self.eps * V) - at(-self.eps * V)) / (2 * self.eps)
 
@@ -107,13 +115,14 @@ class Linearisation:
 
     def constraint_matrix(self) -> np.ndarray:
         """A = dr/dh at the feed-forward point, [H*N, H*N] (dense; small networks)."""
-        net, h = self.net, self.S0[HPOP]
+        net, h = self.net, self.S0[POP_H]
         d = net.dphi(h, net.phi(h))
         m = net.n_hidden * net.width
         V = torch.eye(m, dtype=torch.float64).reshape(m, net.n_hidden, net.width)
-        V = V.permute(1, 0, 2)                               # [H, m copies, N]
-        dd = None if d is None else d.expand(-1, m, -1)
-        return net.constraint_jvp(V, dd).permute(1, 0, 2).reshape(m, m).T.numpy()
+        V = V.permute(1, 0, 2).unsqueeze(1)                  # [H, 1, m copies, N]
+        dd = None if d is None else d.expand(-1, -1, m, -1)
+        A = net.constraint_jvp(self.weights, V, dd)[:, 0]
+        return A.permute(1, 0, 2).reshape(m, m).T.numpy()
 
 
 # ---------------------------------------------------------------------------- spectra
@@ -131,13 +140,36 @@ def continuous_spectrum(cfg: Config, sample: int = 0, method: str = "auto", k: i
     if _dense(lin, method):
         return np.linalg.eigvals(lin.matrix(lin.rhs_map()))
     op = lin.operator(lin.rhs_map())
-    return np.concatenate([eigs(op, k=k, which=w, return_eigenvectors=False)
-                           for w in ("LM", "LR")])
+    return np.concatenate([arnoldi(op, k, w) for w in ("LM", "LR")])
+
+
+def arnoldi(op: LinearOperator, k: int = 4, which: str = "LM") -> np.ndarray:
+    """The k eigenvalues of largest magnitude ("LM") or real part ("LR") by ARPACK, made
+    deterministic and robust: a seeded start vector, k >= 2 (the dominant eigenvalues of these
+    maps are often a near-degenerate complex pair, which k = 1 resolves poorly) with ample Lanczos
+    vectors, and a retry with more vectors and iterations if ARPACK does not converge (then the
+    eigenvalues that did converge, or a clear error)."""
+    n = op.shape[0]
+    k = max(2, min(k, n - 2))
+    v0 = np.random.default_rng(0).standard_normal(n)
+    ncv = min(n - 1, max(2 * k + 1, 24))
+    for attempt in range(3):
+        try:
+            return eigs(op, k=k, which=which, v0=v0, ncv=ncv, maxiter=50 * n * (attempt + 1),
+                        tol=1e-13, return_eigenvectors=False)
+        except ArpackNoConvergence as exc:
+            partial = exc.eigenvalues
+            ncv = min(n - 1, 2 * ncv)
+    if partial is not None and len(partial):
+        return np.asarray(partial)
+    raise RuntimeError(f"ARPACK did not converge for this {n}-dimensional map; use "
+                       "method='dense' (feasible up to a few thousand dimensions)")
 
 
 def stability_polynomial(scheme: str):
     """R(z) of an explicit RK tableau: the one-step map of y' = mu y is y -> R(dt mu) y."""
-    a_rows, b, _ = TABLEAUS[scheme]
+    tab = SCHEMES[scheme].tableau
+    a_rows, b = tab.a, tab.b
     s = len(b)
     A = np.zeros((s, s))
     for i, row in enumerate(a_rows, start=1):
@@ -163,8 +195,7 @@ def spectral_radius(cfg: Config, scheme: str, dt: float, sample: int = 0,
     factory = lin.step_map(scheme, dt)
     if _dense(lin, method):
         return float(np.abs(np.linalg.eigvals(lin.matrix(factory))).max())
-    vals = eigs(lin.operator(factory), k=1, which="LM", return_eigenvectors=False)
-    return float(np.abs(vals).max())
+    return float(np.abs(arnoldi(lin.operator(factory), which="LM")).max())
 
 
 def _first_instability(radius, dt_lo: float, dt_hi: float, rtol: float) -> float:
@@ -208,14 +239,14 @@ def predicted_dt_max(cfg: Config, scheme: str, samples=None, method: str = "auto
     divergence), so :func:`check_prediction`'s diverged/ok test is decisive for linear ones.
     """
     if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+        raise ValueError(f"scheme must be one of {SCHEME_NAMES}, got {scheme!r}")
     worst = math.inf
     for s in _samples(cfg, samples):
         lin = Linearisation(cfg, s, point)
         taus = [lin.tau_h, lin.tau_lambda] + ([cfg.dynamics.tau_e] if cfg.dynamics.tau_e else [])
         finite = [t for t in taus if math.isfinite(t)]
         lo, hi = 1e-4 * min(finite), 1e4 * max(finite)
-        if scheme in TABLEAUS and _dense(lin, method):
+        if not SCHEMES[scheme].gauss_seidel and _dense(lin, method):
             mu = np.linalg.eigvals(lin.matrix(lin.rhs_map()))
             R = stability_polynomial(scheme)
             radius = lambda dt: float(np.abs(R(dt * mu)).max())
@@ -251,7 +282,7 @@ def closed_form_dt_max(cfg: Config, scheme: str, samples=None) -> float:
     return worst
 
 
-def stability_table(cfg: Config, schemes=SCHEMES, method: str = "auto",
+def stability_table(cfg: Config, schemes=SCHEME_NAMES, method: str = "auto",
                     point: str = "feedforward") -> pd.DataFrame:
     """Predicted dt_max per scheme (and spec 5.2's closed form where it applies)."""
     rows = []
@@ -271,7 +302,6 @@ def stability_table(cfg: Config, schemes=SCHEMES, method: str = "auto",
 # ---------------------------------------------------------------------------- empirical check
 def run_at(cfg: Config, scheme: str, dt: float, steps: int):
     """Integrate (float64, no traces) and return the dataset: status 'ok' or 'diverged'."""
-    from .run import simulate
     tau_h, tau_l = cfg.rates()
     raw = cfg.to_dict()
     raw["dynamics"].update(state_lr=None, alpha=None, tau_h=tau_h,
@@ -305,36 +335,3 @@ def check_prediction(cfg: Config, scheme: str, factors=(0.98, 1.02), steps: int 
     df = pd.DataFrame(rows)
     df["agrees"] = df.predicted == df.observed
     return df
-
-
-# ---------------------------------------------------------------------------- eta_h = 1/lambda_max
-def activity_hessian_lambda_max(cfg: Config, iters: int = 5000, rtol: float = 1e-10) -> float:
-    """Largest eigenvalue of the constraint term's activity Hessian rho A^T A at the
-    feed-forward point, by power iteration (all samples at once; the max over the batch)."""
-    cfg = _float64(cfg)
-    net, x, _ = build_network(cfg, torch.device("cpu"))
-    with torch.no_grad():
-        h = net.feedforward(x)
-        d = net.dphi(h, net.phi(h))
-        v = torch.randn(h.shape, generator=torch.Generator().manual_seed(0), dtype=h.dtype)
-        rho, prev = cfg.dynamics.rho, 0.0
-        for _ in range(iters):
-            v = v / v.square().sum(dim=(0, 2), keepdim=True).sqrt()
-            w = rho * net.constraint_vjp(net.constraint_jvp(v, d), d)
-            lam = float((v * w).sum(dim=(0, 2)).max())    # Rayleigh quotients, per sample
-            if abs(lam - prev) <= rtol * lam:
-                break
-            prev, v = lam, w
-    return lam
-
-
-def resolve_auto_step(cfg: Config) -> Config:
-    """``state_lr: auto`` -> 1/lambda_max; ``tau_h: auto`` -> dt * lambda_max (the same rule:
-    dt/tau_h = 1/lambda_max)."""
-    cfg = cfg.model_copy(deep=True)
-    lam = activity_hessian_lambda_max(cfg)
-    if cfg.dynamics.state_lr == "auto":
-        cfg.dynamics.state_lr = 1.0 / lam
-    if cfg.dynamics.tau_h == "auto":
-        cfg.dynamics.tau_h = cfg.integrator.dt * lam
-    return cfg

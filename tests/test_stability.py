@@ -132,8 +132,7 @@ def test_arnoldi_agrees_with_dense():
 def test_equilibrium_point_is_a_fixed_point_for_nonlinear_networks():
     cfg = ctpc.load_config(small_config(dynamics={"tau_h": 4.0, "tau_lambda": 1.0}))  # tanh
     lin = st.Linearisation(cfg, 0, "equilibrium")
-    dyn = lin.dynamics(1)
-    assert float(dyn.rhs(lin.S0).abs().max()) < 1e-14
+    assert float(lin.dyn.rhs(lin.S0, lin.params(1)).abs().max()) < 1e-14
     with pytest.raises(ValueError, match="PC-ALM only"):
         st.Linearisation(ctpc.load_config(small_config(dynamics={"method": "pc"})), 0,
                          "equilibrium")

@@ -29,7 +29,8 @@ from typing import Union
 import xarray as xr
 from tqdm.auto import tqdm
 
-from ..config import Config, ConfigError, apply_overrides, read_yaml
+from ..config import Config, ConfigError
+from ..loading import apply_overrides, read_yaml
 from ..io import open_results, write_netcdf
 from .cluster import dask_client, local_worker_count, run_cell
 from .combine import combine, select_cell, summarize_cell, sweep_dims

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from ..config import ConfigError
+from .. import cli
 from . import plan_sweep, run_sweep
 
-EXIT_OK, EXIT_CELLS_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_CELLS_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = (
+    cli.EXIT_OK, cli.EXIT_ERROR, cli.EXIT_CONFIG, cli.EXIT_INTERRUPTED)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,30 +43,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def command_line() -> str:
-    return " ".join([Path(sys.executable).name, "-m", "ctpc.sweep", *sys.argv[1:]])
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        if args.dry_run:
-            plan = plan_sweep(args.config, args.overrides, out=args.out)
-            for cell in plan.cells:
-                state = "done" if cell.key in plan.done else "to run"
-                print(f"{cell.key}  {state:6}  {cell.label}")
-            print(f"{len(plan.cells)} cells, {len(plan.done)} done; output {plan.out}, "
-                  f"cells in {plan.cells_dir}")
-            return EXIT_OK
-        ds = run_sweep(args.config, args.overrides, out=args.out, scheduler=args.scheduler,
-                       n_workers=args.workers, progress=not args.quiet, command=command_line())
-    except ConfigError as exc:
-        print(f"ctpc.sweep: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except KeyboardInterrupt:
-        print("ctpc.sweep: interrupted; finished cells are kept, rerun the same command to "
-              "resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return cli.run_main("ctpc.sweep", lambda: _main(args))
+
+
+def _main(args) -> int:
+    if args.dry_run:
+        plan = plan_sweep(args.config, args.overrides, out=args.out)
+        for cell in plan.cells:
+            state = "done" if cell.key in plan.done else "to run"
+            print(f"{cell.key}  {state:6}  {cell.label}")
+        print(f"{len(plan.cells)} cells, {len(plan.done)} done; output {plan.out}, "
+              f"cells in {plan.cells_dir}")
+        return EXIT_OK
+    ds = run_sweep(args.config, args.overrides, out=args.out, scheduler=args.scheduler,
+                   n_workers=args.workers, progress=not args.quiet,
+                   command=cli.command_line("ctpc.sweep"))
     a = ds.attrs
     print(f"cells: {a['n_cells']} (ok {a['n_ok']}, diverged {a['n_diverged']}, "
           f"error {a['n_error']}); per-cell files in {a['cells_dir']}")

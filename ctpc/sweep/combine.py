@@ -19,9 +19,9 @@ import numpy as np
 import xarray as xr
 import yaml
 
-from .. import __version__
+from .._version import __version__
 from ..io import VAR_ATTRS
-from ..recording import SERIES_LAYER, SERIES_SCALAR, SERIES_WEIGHT
+from ..results import SERIES_LAYER, SERIES_SCALAR, SERIES_WEIGHT
 from .grid import Axis, Cell
 
 KEPT_VARIABLES = SERIES_LAYER + SERIES_WEIGHT + SERIES_SCALAR + ("bp_adjoint_norm",)

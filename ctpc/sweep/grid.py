@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, load_config
+from ..config import Config, ConfigError
+from ..loading import load_config
 
 # Keys a sweep cannot vary: they name the sweep itself or its output.
 FORBIDDEN_KEYS = ("sweep", "output", "name")

@@ -10,7 +10,7 @@ Modules: ``model`` (equations from the config), ``network`` (Brian2 objects and 
 (code generation, build directory, compile errors), ``runner`` (run, record, divergence),
 ``text`` (printing).
 """
-from .model import model_spec
+from .equations import model_spec
 from .network import Brian2Net
 from .runner import build, run
 from .targets import Brian2BuildError

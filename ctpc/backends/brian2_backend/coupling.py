@@ -14,12 +14,15 @@ import brian2 as b2
 import numpy as np
 import torch
 
-from .model import SLOT_FEEDBACK, SLOT_PREDICT_EXPLICIT, SLOT_PREDICT_GS, ModelSpec
+from .equations import SLOT_FEEDBACK, SLOT_PREDICT_EXPLICIT, SLOT_PREDICT_GS, ModelSpec
 
 
 class TorchCoupling:
-    def __init__(self, spec: ModelSpec, layers, output, net, dyn):
-        self.spec, self.net, self.dyn = spec, net, dyn
+    """``net``: the torch :class:`~ctpc.network.Network`; ``p``: the run's
+    :class:`~ctpc.dynamics.Params` (one replica)."""
+
+    def __init__(self, spec: ModelSpec, layers, output, net, p):
+        self.spec, self.net, self.p = spec, net, p
         self.b, self.n = spec.batch, spec.width
         view = lambda grp, name: grp.variables[name].get_value()   # the array Brian2 integrates
         self.h = [view(g, "h") for g in layers]
@@ -28,13 +31,14 @@ class TorchCoupling:
         self.pred = [view(g, "pred") for g in layers]
         self.fb = [view(g, "fb") for g in layers]
         self.yhat = view(output, "yhat")
-        self.y = torch.as_tensor(view(output, "y").reshape(self.b, -1).copy())
+        self.y = torch.as_tensor(view(output, "y").reshape(1, self.b, -1).copy())
 
     def _stack(self, arrays) -> torch.Tensor:
-        return torch.from_numpy(np.stack([a.reshape(self.b, self.n) for a in arrays]))
+        """Brian2's per-layer arrays -> [H, 1, B, N] (one replica)."""
+        return torch.from_numpy(np.stack([a.reshape(1, self.b, self.n) for a in arrays]))
 
     def predict(self) -> None:
-        pred, y_hat = self.net.predictions(self._stack(self.h), self.dyn.drive)
+        pred, y_hat = self.net.predictions(self.p.weights, self._stack(self.h), self.p.drive)
         pred = pred.numpy()
         for l, target in enumerate(self.pred):
             target[:] = pred[l].ravel()
@@ -45,8 +49,9 @@ class TorchCoupling:
         # credit = rho * err + lam from the stored predictions, as the synapses read them
         err = self._stack(self.err) if self.err is not None else h - self._stack(self.pred)
         credit = torch.add(self._stack(self.lam), err, alpha=self.spec.constants["rho"][0])
-        y_hat = torch.from_numpy(self.yhat.reshape(self.b, -1))
-        fb = self.net.feedback(h, self.net.phi(h), y_hat, credit, self.y).numpy()
+        y_hat = torch.from_numpy(self.yhat.reshape(1, self.b, -1))
+        fb = self.net.feedback(self.p.weights, h, self.net.phi(h), y_hat, credit,
+                               self.y).numpy()
         for l, target in enumerate(self.fb):
             target[:] = fb[l].ravel()
 

@@ -1,8 +1,8 @@
 """Turn a :class:`~.model.ModelSpec` into Brian2 objects with the fixed schedule.
 
-Everything numeric comes from the torch side (:func:`ctpc.backends.torch_backend.build`): the
-weights of ``init_weights``, the batch of ``load_batch``, the feed-forward initial state. Brian2
-gets copies of those arrays; nothing of the maths is re-derived here.
+Everything numeric comes from the torch side (:func:`ctpc.model.build_model`): the weights of
+``init_weights``, the batch of ``load_batch``, the feed-forward initial state. Brian2 gets copies
+of those arrays; nothing of the maths is re-derived here.
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import numpy as np
 from brian2.devices.device import RuntimeDevice
 import torch
 
-from ...dynamics import Dynamics
-from .model import (SLOT_FEEDBACK, SLOT_OBSERVE, SLOT_PREDICT_EXPLICIT, SLOT_PREDICT_GS,
+from ...dynamics import POP_H, Params
+from ...model import Model
+from .equations import (SLOT_FEEDBACK, SLOT_OBSERVE, SLOT_PREDICT_EXPLICIT, SLOT_PREDICT_GS,
                     ModelSpec, SynapsesSpec)
 from .methods import state_update_method
 
@@ -39,7 +40,8 @@ class Brian2Net:
                          for g in self.layers])
 
     def state_tensor(self, dtype: torch.dtype) -> torch.Tensor:
-        """The full state S [P, H, B, N] in ctpc.dynamics' layout (P = 3 with leaky errors)."""
+        """The full state [P, H, B, N] (P = 3 with leaky errors); ctpc.dynamics' layout with its
+        replica axis (dim 2) removed: ``.unsqueeze(2)`` gives the torch state of one replica."""
         names = ["h", "lam"] + (["err"] if self.spec.leaky else [])
         return torch.as_tensor(np.stack([self.state_array(v) for v in names]), dtype=dtype)
 
@@ -88,9 +90,10 @@ def _make_synapses(s: SynapsesSpec, groups: dict, weights: list[np.ndarray], bat
     return syn
 
 
-def build_network(spec: ModelSpec, cfg, net_t, dyn: Dynamics, weights, x, y,
-                  record_every: int, construction: str) -> Brian2Net:
-    """Brian2 objects for one run, initial state set, not yet run."""
+def assemble_objects(spec: ModelSpec, cfg, model: Model, p: Params, record_every: int,
+                     construction: str) -> Brian2Net:
+    """Brian2 objects for one run (``model``: the torch side, one replica), initial state set,
+    not yet run."""
     dtype = np.float64 if cfg.dtype == "float64" else np.float32
     dt = cfg.integrator.dt * b2.ms
     sim_clock = b2.Clock(dt, name="sim_clock")
@@ -108,15 +111,15 @@ def build_network(spec: ModelSpec, cfg, net_t, dyn: Dynamics, weights, x, y,
                         *((ln, n) for ln in spec.layer_names)):
         groups[name].sample = np.repeat(np.arange(b), units)
         groups[name].unit = np.tile(np.arange(units), b)
-    groups["input"].x = np.asarray(x, dtype=dtype).ravel()
-    groups["output"].y = np.asarray(y, dtype=dtype).ravel()
+    groups["input"].x = model.x[0].cpu().numpy().astype(dtype).ravel()
+    groups["output"].y = model.y[0].cpu().numpy().astype(dtype).ravel()
 
     # Initial state: feed-forward activities, lam = err = 0, and the predictions of that state
     # (the Gauss-Seidel schedule reads them before its first recomputation).
-    S0 = dyn.initial_state()
-    res0 = dyn.residuals(S0)
-    h0 = S0[0].cpu().numpy()
-    pred0 = (S0[0] - res0.r).cpu().numpy()
+    S0 = model.dyn.initial_state(p)
+    resid0 = model.dyn.residuals(S0, p)
+    h0 = S0[POP_H, :, 0].cpu().numpy()
+    pred0 = (S0[POP_H] - resid0.r)[:, 0].cpu().numpy()
     rates = next(op.code for op in spec.operations if op.name == "rates")
     for l, grp in enumerate(layers):
         grp.h = h0[l].ravel().astype(dtype)
@@ -125,7 +128,7 @@ def build_network(spec: ModelSpec, cfg, net_t, dyn: Dynamics, weights, x, y,
         for line in rates.splitlines():    # phi, dphi of the initial state, by Brian2 itself
             var, expr = (part.strip() for part in line.split("=", 1))
             setattr(grp, var, expr)
-    groups["output"].yhat = res0.y_hat.cpu().numpy().ravel().astype(dtype)
+    groups["output"].yhat = resid0.y_hat[0].cpu().numpy().ravel().astype(dtype)
 
     objects = list(groups.values())
     synapses = []
@@ -135,13 +138,14 @@ def build_network(spec: ModelSpec, cfg, net_t, dyn: Dynamics, weights, x, y,
                                              name=f"{grp.name}_{op.name}"))
     extra = {}
     if construction == "synapses":
+        weights = [w.cpu().numpy() for w in model.weights.matrices(0)]
         for s in spec.synapses:
             synapses.append(_make_synapses(s, groups, weights, b, sim_clock, spec.gauss_seidel,
                                            dtype))
         objects += synapses
     else:
         from .coupling import TorchCoupling
-        coupling = TorchCoupling(spec, layers, groups["output"], net_t, dyn)
+        coupling = TorchCoupling(spec, layers, groups["output"], model.net, p)
         extra["coupling"] = coupling
         objects += coupling.operations(sim_clock)
     net = b2.Network(objects, name="ctpc_network")

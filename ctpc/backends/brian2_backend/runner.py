@@ -29,44 +29,44 @@ import torch
 from tqdm.auto import tqdm
 
 from ...config import Config, ConfigError
+from ...loading import load_config
+from ...model import build_model
 from ...recording import Recorder, RecordPlan, plan_recording
 from ...reference import bp_reference
 from ...results import RunResult
-from ..torch_backend import DTYPES
-from ..torch_backend import build as build_torch
 from . import targets
-from .model import SLOT_OBSERVE, SLOT_STOP, ModelSpec, model_spec
-from .network import (Brian2Net, is_runtime, add_state_monitors, add_trace_monitors,
-                      build_network)
+from .equations import BRIAN2_METHOD_ORDER, SLOT_OBSERVE, SLOT_STOP, ModelSpec, model_spec
+from .network import (Brian2Net, add_state_monitors, add_trace_monitors, assemble_objects,
+                      is_runtime)
 
 
 @dataclass
 class Outcome:
-    recorder: Recorder
-    traces: dict[str, np.ndarray]   # var -> [T, layers, samples, units]
-    final: torch.Tensor             # S at the last step run
+    recorder: Recorder              # per-layer summaries at the record steps run
+    traces: dict[str, np.ndarray]   # var -> [slots, layers, 1, samples, units] (StateMonitors)
+    final: torch.Tensor             # S [P, H, 1, B, N] at the last step run
     steps_run: int                  # ctpc steps
     diverged_step: int | None       # first ctpc step out of bounds
     timings: dict = dataclasses.field(default_factory=dict)   # s: Brian2 run, compile
 
 
 class _Context:
-    """What every (re)run of one config shares: torch-side network, batch, BP, record plan."""
+    """What every (re)run of one config shares: the torch-side model (one replica) and its
+    params, BP, record plan."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.plan = plan_recording(cfg)                   # refuses oversized traces first
         self.spec = model_spec(cfg)
-        self.dtype = DTYPES[cfg.dtype]
-        self.net, self.dyn = build_torch(cfg, torch.device("cpu"))
-        self.weights = [w.numpy() for w in self.net.split_weights(
-            (self.net.w_in, self.net.w_mid, self.net.w_out))]
-        self.bp = bp_reference(self.net, self.dyn.x, self.dyn.y)
+        self.model = build_model(cfg, torch.device("cpu"))
+        self.dtype = self.model.net.dtype
+        self.p = self.model.params()
+        self.bp = bp_reference(self.model.net, self.model.weights, self.model.x, self.model.y)
         if cfg.brian2.target == "cpp_standalone":
             check_state_monitor_size(cfg, self.plan, self.spec)
 
     def recorder(self, plan: RecordPlan | None = None) -> Recorder:
-        return Recorder(self.dyn, plan or self.plan, self.bp)
+        return Recorder(self.model.dyn, plan or self.plan, self.bp, replicas=1)
 
 
 def check_state_monitor_size(cfg: Config, plan: RecordPlan, spec: ModelSpec) -> None:
@@ -83,19 +83,11 @@ def check_state_monitor_size(cfg: Config, plan: RecordPlan, spec: ModelSpec) -> 
 
 
 def _trace_array(monitors, plan: RecordPlan, var: str) -> np.ndarray:
-    """[T, layers, samples, units] from the per-layer monitors."""
+    """[T, layers, 1, samples, units] from the per-layer monitors."""
     n_s, n_u = len(plan.samples), len(plan.units)
-    per_layer = [np.asarray(getattr(monitors[int(l)], var)).T.reshape(-1, n_s, n_u)
+    per_layer = [np.asarray(getattr(monitors[int(l)], var)).T.reshape(-1, 1, n_s, n_u)
                  for l in plan.layers]
     return np.stack(per_layer, axis=1)
-
-
-def _final_traces(ctx: _Context, step: int, S: torch.Tensor) -> dict[str, np.ndarray]:
-    # The Brian2 run ends before its next prediction update, so err/credit of the final state
-    # come from the torch read-out of that state (ctpc.recording.Recorder, as on torch).
-    rec = ctx.recorder(dataclasses.replace(ctx.plan, steps=np.array([step])))
-    rec.record(step, S)
-    return rec.to_numpy()[0]
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -111,10 +103,11 @@ def simulate_steps(ctx: _Context, n_steps: int, progress: bool, watch: bool) -> 
     """Build and run the Brian2 network for ``n_steps`` ctpc steps."""
     cfg = ctx.cfg
     if n_steps == 0:   # nothing to integrate (diverged on the first step): the initial state
-        S0 = ctx.dyn.initial_state()
+        S0 = ctx.model.dyn.initial_state(ctx.p)
         rec = ctx.recorder(dataclasses.replace(ctx.plan, variables=()))
-        rec.record(0, S0)
-        return Outcome(rec, _final_traces(ctx, 0, S0), S0, 0, None)
+        empty = {v: np.zeros((0, len(ctx.plan.layers), 1, len(ctx.plan.samples),
+                              len(ctx.plan.units))) for v in ctx.plan.variables}
+        return Outcome(rec, empty, S0, 0, None)
     standalone = cfg.brian2.target == "cpp_standalone"
     project = targets.standalone_dir(cfg, ctx.spec.structure_hash()) if standalone else None
     # cython compiles while objects are created (synapse creation is code too): both the
@@ -153,8 +146,8 @@ class _Assembled:
 
 def _assemble(ctx: _Context, n_steps: int, watch: bool) -> _Assembled:
     cfg, plan, inner = ctx.cfg, ctx.plan, ctx.spec.inner_steps
-    bn = build_network(ctx.spec, cfg, ctx.net, ctx.dyn, ctx.weights, ctx.dyn.x.numpy(),
-                       ctx.dyn.y.numpy(), min(cfg.record.every, n_steps), cfg.brian2.construction)
+    bn = assemble_objects(ctx.spec, cfg, ctx.model, ctx.p, min(cfg.record.every, n_steps),
+                          cfg.brian2.construction)
     run = _Assembled(bn, add_trace_monitors(bn, plan), [],
                      ctx.recorder(dataclasses.replace(plan, variables=())))
     if cfg.brian2.target == "cpp_standalone":
@@ -162,7 +155,7 @@ def _assemble(ctx: _Context, n_steps: int, watch: bool) -> _Assembled:
         return run
 
     def summarise(t):
-        run.recorder.record(run.ctpc_step(t), bn.state_tensor(ctx.dtype))
+        run.recorder.record(run.ctpc_step(t), bn.state_tensor(ctx.dtype).unsqueeze(2), ctx.p)
     bn.net.add(b2.NetworkOperation(summarise, clock=bn.record_clock, when=SLOT_OBSERVE[0],
                                    order=SLOT_OBSERVE[1], name="summaries"))
     if watch:
@@ -212,16 +205,12 @@ def _collect(ctx: _Context, run: _Assembled, n_steps: int, timings: dict) -> Out
         names = ["h", "lam"] + (["err"] if spec.leaky else [])
         columns = {v: [np.asarray(getattr(m, v)) for m in run.state_monitors] for v in names}
         for i, t in enumerate(run.state_monitors[0].t):
-            S = np.stack([np.stack([c[:, i].reshape(spec.batch, spec.width) for c in columns[v]])
-                          for v in names])
-            rec.record(run.ctpc_step(t), torch.as_tensor(S, dtype=ctx.dtype))
+            S = np.stack([np.stack([c[:, i].reshape(1, spec.batch, spec.width)
+                                    for c in columns[v]]) for v in names])
+            rec.record(run.ctpc_step(t), torch.as_tensor(S, dtype=ctx.dtype), ctx.p)
     traces = {v: _trace_array(run.monitors, ctx.plan, v) for v in ctx.plan.variables}
-    final = bn.state_tensor(ctx.dtype)
-    if not rec.recorded_steps or rec.recorded_steps[-1] != steps_run:
-        rec.record(steps_run, final)
-        last = _final_traces(ctx, steps_run, final)
-        traces = {v: np.concatenate([traces[v], last[v]]) for v in traces}
-    return Outcome(rec, traces, final, steps_run, diverged, timings)
+    return Outcome(rec, traces, bn.state_tensor(ctx.dtype).unsqueeze(2), steps_run, diverged,
+                   timings)
 
 
 # Measured (README, "Brian2 backend"): rk2/heun/rk4 converge at order 1.0 on brian2.
@@ -230,15 +219,14 @@ FIRST_ORDER_NOTE = (
     "method {method!r} treats the inter-layer coupling at first order: the run converges at "
     "order 1 in dt (measured slope 0.99), not {order}. Use backend torch for a higher-order "
     "integration, or brian2 with euler to match torch step for step.")
-METHOD_ORDER = {"rk2": 2, "heun": 2, "rk4": 4}
 
 
 def run(cfg: Config, progress: bool = True) -> RunResult:
     t0 = time.perf_counter()
     ctx = _Context(cfg)
-    if ctx.spec.method in METHOD_ORDER and not ctx.spec.gauss_seidel:
-        warnings.warn(FIRST_ORDER_NOTE.format(method=ctx.spec.method,
-                                              order=METHOD_ORDER[ctx.spec.method]),
+    order = BRIAN2_METHOD_ORDER[ctx.spec.method]
+    if order > 1 and not ctx.spec.gauss_seidel:
+        warnings.warn(FIRST_ORDER_NOTE.format(method=ctx.spec.method, order=order),
                       stacklevel=2)
     n = cfg.integrator.n_steps
     out = simulate_steps(ctx, n, progress, watch=True)
@@ -249,27 +237,15 @@ def run(cfg: Config, progress: bool = True) -> RunResult:
         out = simulate_steps(ctx, diverged_step - 1, False, watch=False)
     else:
         diverged_step = None
-    net, dyn = ctx.net, ctx.dyn
-    with torch.no_grad():
-        grads = net.split_weights(dyn.weight_gradients(out.final, dyn.residuals(out.final)))
-    series = out.recorder.to_numpy()[1]
-    to_np = lambda ts: [t.detach().cpu().numpy() for t in ts]
-    return RunResult(
-        steps=np.asarray(out.recorder.recorded_steps), dt=cfg.integrator.dt, traces=out.traces,
-        series=series, grads=to_np(grads), bp_grads=to_np(ctx.bp.grads),
-        bp_adjoint_norm=ctx.bp.adjoints.square().sum(-1).mean(-1).sqrt().cpu().numpy(),
-        layers=ctx.plan.layers, samples=ctx.plan.samples, units=ctx.plan.units,
-        all_layers=ctx.plan.all_layers, n_hidden=net.n_hidden,
-        status="ok" if diverged_step is None else "diverged",
-        diverged_at=None if diverged_step is None else diverged_step * cfg.integrator.dt,
-        steps_completed=out.steps_run, backend="brian2", device="cpu",
-        wall_time_s=time.perf_counter() - t0,
+    return out.recorder.results(
+        out.final, ctx.p, [out.steps_run], [diverged_step], dt=[cfg.integrator.dt],
+        backend="brian2", device="cpu", t0=t0, slot_traces=out.traces,
         extra_attrs={"brian2_version": b2.__version__, "brian2_target": cfg.brian2.target,
                      "brian2_construction": cfg.brian2.construction,
                      "brian2_method": ctx.spec.method,
                      "brian2_schedule": "gauss_seidel" if ctx.spec.gauss_seidel else "explicit",
                      # summed variables are constant within a step: coupling is first order
-                     "brian2_coupling_order": 1, **out.timings})
+                     "brian2_coupling_order": 1, **out.timings})[0]
 
 
 def build(cfg, edit=None) -> Brian2Net:
@@ -281,7 +257,6 @@ def build(cfg, edit=None) -> Brian2Net:
     are set as Brian2 preferences and left set. Run it with
     ``bn.net.run(duration, namespace=bn.namespace)``.
     """
-    from ...config import load_config
     cfg = load_config(cfg)
     if cfg.brian2.target == "cpp_standalone":
         raise ConfigError("brian2_backend.build() returns runtime objects: use brian2.target "
@@ -291,6 +266,5 @@ def build(cfg, edit=None) -> Brian2Net:
         edit(ctx.spec)
     b2.prefs["codegen.target"] = cfg.brian2.target
     b2.prefs["core.default_float_dtype"] = np.float64 if cfg.dtype == "float64" else np.float32
-    return build_network(ctx.spec, cfg, ctx.net, ctx.dyn, ctx.weights, ctx.dyn.x.numpy(),
-                         ctx.dyn.y.numpy(), 1, cfg.brian2.construction)
+    return assemble_objects(ctx.spec, cfg, ctx.model, ctx.p, 1, cfg.brian2.construction)
 

@@ -5,7 +5,7 @@ import textwrap
 
 from ...config import Config
 from .methods import method_description
-from .model import (SLOT_BOUNDS, SLOT_DUAL, SLOT_FEEDBACK, SLOT_OBSERVE, SLOT_PREDICT_EXPLICIT,
+from .equations import (SLOT_BOUNDS, SLOT_DUAL, SLOT_FEEDBACK, SLOT_OBSERVE, SLOT_PREDICT_EXPLICIT,
                     SLOT_PREDICT_GS, SLOT_RATES_EXPLICIT, SLOT_RATES_GS, ModelSpec, model_spec)
 
 

@@ -15,11 +15,14 @@ import hashlib
 import math
 from dataclasses import dataclass
 
-from ...config import BRIAN2_METHOD_OF_SCHEME, Config
+from ...config import Config
+from ...network import layer_scales
+from ...schemes import SCHEMES
 
-# Gauss-Seidel schemes: not a Brian2 state-update method but a schedule (activity first, then
-# the error and multiplier neurons from the new residual), built from Euler updates.
-GAUSS_SEIDEL = ("semi_implicit", "discrete")
+# Convergence order of each Brian2 state-update method as Brian2 integrates a single equation
+# (``rk2`` is Brian2's midpoint method, not a ctpc scheme). The inter-layer coupling is first
+# order whatever the method: see the README, "Brian2 backend".
+BRIAN2_METHOD_ORDER = {"euler": 1, "rk2": 2, "heun": 2, "rk4": 4}
 
 # The schedule inside one Brian2 time step (Brian2 slot, order). Brian2's own default puts every
 # summed-variable updater at ('groups', -1) and breaks ties by name, so W_l's feedback (name
@@ -113,9 +116,13 @@ class ModelSpec:
 
 
 def brian2_method(cfg: Config) -> str:
-    if cfg.integrator.scheme in GAUSS_SEIDEL:
+    """The Brian2 method of the layer groups. Gauss-Seidel schemes are not a Brian2
+    state-update method but a schedule (activity first, then the error and multiplier neurons
+    from the new residual) built from Euler updates of h."""
+    info = SCHEMES[cfg.integrator.scheme]
+    if info.gauss_seidel:
         return "euler"
-    return cfg.brian2.method or BRIAN2_METHOD_OF_SCHEME[cfg.integrator.scheme]
+    return cfg.brian2.method or info.brian2_method
 
 
 def rates_code(activation: str) -> str:
@@ -181,14 +188,14 @@ def model_spec(cfg: Config) -> ModelSpec:
     net, it, dyn = cfg.network, cfg.integrator, cfg.dynamics
     tau_h, tau_l = cfg.rates()
     leaky, has_lambda = dyn.tau_e > 0, not math.isinf(tau_l)
-    gauss_seidel = it.scheme in GAUSS_SEIDEL
+    gauss_seidel = SCHEMES[it.scheme].gauss_seidel
     inner = it.inner_steps if it.scheme == "discrete" else 1
     n_hidden, width, batch = cfg.n_hidden, net.width, cfg.data.batch_size
     d_in, d_out, depth = net.input_dim, net.output_dim, net.depth
 
-    constants = {"tau_h": (tau_h, "ms"), "rho": (dyn.rho, "1"),
-                 "s_in": (1 / math.sqrt(d_in), "1"), "s_mid": (1 / math.sqrt(width * depth), "1"),
-                 "s_out": (1 / width, "1"), "bound": (it.divergence_bound, "1")}
+    s_in, s_mid, s_out = layer_scales(d_in, width, depth)    # the torch Network's own scales
+    constants = {"tau_h": (tau_h, "ms"), "rho": (dyn.rho, "1"), "s_in": (s_in, "1"),
+                 "s_mid": (s_mid, "1"), "s_out": (s_out, "1"), "bound": (it.divergence_bound, "1")}
     if has_lambda:
         constants["tau_lambda"] = (tau_l, "ms")
     if leaky:

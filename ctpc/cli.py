@@ -1,0 +1,88 @@
+"""The command-line layer shared by ``python -m ctpc.simulate``, ``ctpc.train`` and
+``ctpc.sweep``: common arguments, exit codes, one-line errors and warnings, Ctrl-C.
+
+Exit codes (the same for every command):
+
+    0    finished (a sweep: every cell ok or diverged)
+    1    unexpected error (a bug: please report it with the traceback); a sweep: some cells crashed
+    2    bad configuration, arguments or input file: the message names the key or file and the fix
+    3    the run diverged; what it computed up to then is written
+    130  interrupted (Ctrl-C / SIGINT); what was finished is kept
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from .config import ConfigError
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES_EPILOG = ("Exit codes: 0 ok, 1 unexpected error, 2 bad configuration or input, "
+                     "3 diverged, 130 interrupted.")
+
+
+def add_run_arguments(p: argparse.ArgumentParser, *, out_help: str) -> None:
+    """CONFIG, --set, --out, --device, --quiet: what every command takes."""
+    p.add_argument("config", help="model YAML, e.g. models/pcalm_deep.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set integrator.dt=0.5 (repeatable)")
+    p.add_argument("--out", help=out_help)
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def device_override(args) -> list[str]:
+    return [f"device={args.device}"] if getattr(args, "device", None) else []
+
+
+def command_line(module: str) -> str:
+    """What the user typed, for the output's ``history`` attribute."""
+    return " ".join([Path(sys.executable).name, "-m", module, *sys.argv[1:]])
+
+
+def say(prog: str, message: str) -> None:
+    print(f"{prog}: {message}", file=sys.stderr)
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"ctpc: warning: {message}", file=sys.stderr)
+
+
+def run_main(prog: str, body: Callable[[], int]) -> int:
+    """Run a command's body with the shared error handling: ConfigError -> its message and
+    exit 2; Ctrl-C -> one line and exit 130; user warnings as one plain line each."""
+    with warnings.catch_warnings():   # the warning display is restored on return
+        warnings.showwarning = _print_warning
+        try:
+            return body()
+        except ConfigError as exc:
+            say(prog, str(exc))
+            return EXIT_CONFIG
+        except KeyboardInterrupt:
+            say(prog, "interrupted; finished work is kept (rerun the same command to "
+                      "continue where it applies)")
+            return EXIT_INTERRUPTED
+
+
+def show_warnings_plainly() -> None:
+    """Call after importing a library that re-routes warnings (Brian2 sends them to its log)."""
+    warnings.showwarning = _print_warning
+
+
+class _CallableModule(types.ModuleType):
+    """A CLI module ``ctpc.X`` shares its name with the API function ``ctpc.X``; importing the
+    module replaces the package attribute, so the module is made callable and forwards to the
+    function: ``ctpc.simulate(cfg)`` works whichever the attribute is."""
+    _function: Callable
+
+    def __call__(self, *args, **kwargs):
+        return type(self)._function(*args, **kwargs)
+
+
+def make_callable(module_name: str, function: Callable) -> None:
+    cls = type(f"_Callable_{module_name.rsplit('.', 1)[-1]}", (_CallableModule,),
+               {"_function": staticmethod(function)})
+    sys.modules[module_name].__class__ = cls

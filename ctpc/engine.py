@@ -1,0 +1,124 @@
+"""The one step loop: ``integrate`` runs a solver for n steps over R replicas, with an exact,
+per-replica divergence check that syncs with the host once per chunk, not once per step.
+
+Used by the torch backend (simulation), the training loop and the benchmarks.
+
+Divergence. After every step the peak |S| of each replica goes into a device buffer; every
+``check_every`` steps the buffer is read once. A replica whose state became non-finite or left
+``bound`` at step k is *diverged at k*: the chunk is replayed from its start to step k - 1 (the
+last bounded state), that state is kept as the replica's final state, and the replica is frozen
+(its step is set to dt = 0) while the others go on. The run ends early once every replica has
+diverged. A diverged step is found exactly whatever ``check_every`` is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .dynamics import Params
+from .integrators import with_dt
+
+
+@dataclass
+class Integration:
+    """The outcome of :func:`integrate` for R replicas."""
+    carry: object                  # the solver's final carry (frozen replicas: see final_state)
+    solver: object                 # the solver at the end (frozen replicas have dt = 0)
+    steps_completed: np.ndarray    # [R] steps each replica completed within bounds
+    diverged_step: list            # [R] first out-of-bounds step, or None
+    frozen: dict = field(default_factory=dict)   # replica -> its last bounded state [P, H, B, N]
+
+    def final_state(self) -> torch.Tensor:
+        """[P, H, R, B, N]: the end state, with each diverged replica's last bounded state."""
+        S = self.solver.state(self.carry)
+        if not self.frozen:
+            return S
+        S = S.clone()
+        for r, state in self.frozen.items():
+            S[:, :, r] = state
+        return S
+
+
+def peak(S: torch.Tensor) -> torch.Tensor:
+    """[R] max |S| per replica (NaN propagates, so a non-finite state fails the bound)."""
+    return S.abs().amax(dim=(0, 1, 3, 4))
+
+
+def integrate(solver, carry, p: Params, n_steps: int, *, check_every: int | None = 16,
+              bound: float = 1e6, observe: Callable | None = None,
+              progress: Callable[[int], None] | None = None) -> Integration:
+    """Run ``n_steps`` steps of ``solver`` from ``carry`` with parameters ``p``.
+
+    ``check_every``: steps between divergence checks (host syncs); None: no check (the caller
+    detects non-finite values itself, e.g. training at its own sync points). ``observe(step,
+    S)`` is called after every step (recording). ``progress(k)`` after every chunk of k steps.
+    """
+    R = p.x.shape[0]
+    done = np.full(R, n_steps, dtype=np.int64)
+    diverged: list = [None] * R
+    alive = np.ones(R, dtype=bool)
+    frozen: dict = {}
+    chunk_len = check_every or n_steps or 1
+    peaks = torch.empty(chunk_len, R, device=p.x.device, dtype=p.x.dtype) if check_every \
+        else None
+    step = 0
+    while step < n_steps and alive.any():
+        chunk = min(chunk_len, n_steps - step)
+        snapshot, snap_solver = carry, solver        # steps never mutate their input carry
+        for j in range(chunk):
+            carry = solver.step(carry, p, last=step + j + 1 == n_steps)
+            S = solver.state(carry)
+            if peaks is not None:
+                peaks[j] = peak(S)
+            if observe is not None:
+                observe(step + j + 1, S)
+        if peaks is not None:
+            bad = ~torch.isfinite(peaks[:chunk]) | (peaks[:chunk] > bound)
+            bad &= torch.as_tensor(alive, device=bad.device)
+            if bool(bad.any()):                      # the one host sync of the chunk
+                first = _first_true(bad.cpu().numpy())
+                newly = np.flatnonzero(first < chunk)
+                for r in newly:
+                    diverged[r] = step + int(first[r]) + 1
+                    done[r] = step + int(first[r])
+                frozen.update(_replay(snap_solver, snapshot, p, first, newly))
+                alive[newly] = False
+                if alive.any():
+                    solver = with_dt(solver, _frozen_dt(solver.dt, alive, p))
+                    S = solver.state(carry).clone()
+                    for r in newly:
+                        S[:, :, r] = frozen[r]
+                    carry = solver.init(S, p)
+        step += chunk
+        if progress is not None:
+            progress(chunk)
+    return Integration(carry, solver, done, diverged, frozen)
+
+
+def _first_true(bad: np.ndarray) -> np.ndarray:
+    """[chunk, R] -> [R] index of the first True per column (chunk length if none)."""
+    any_bad = bad.any(axis=0)
+    return np.where(any_bad, bad.argmax(axis=0), bad.shape[0])
+
+
+def _replay(solver, carry, p: Params, first: np.ndarray, replicas: np.ndarray) -> dict:
+    """States [P, H, B, N] of ``replicas`` after ``first[r]`` steps from ``carry``."""
+    targets = {int(first[r]): [] for r in replicas}
+    for r in replicas:
+        targets[int(first[r])].append(int(r))
+    out = {}
+    for k in range(max(targets) + 1):
+        for r in targets.get(k, ()):
+            out[r] = solver.state(carry)[:, :, r].clone()
+        if k < max(targets):
+            carry = solver.step(carry, p, last=False)
+    return out
+
+
+def _frozen_dt(dt, alive: np.ndarray, p: Params):
+    """dt as a [R, 1, 1] tensor with 0 for the replicas that are no longer alive."""
+    mask = torch.as_tensor(alive, device=p.x.device, dtype=p.x.dtype).view(-1, 1, 1)
+    return mask * dt

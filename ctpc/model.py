@@ -1,0 +1,89 @@
+"""From validated configs to the torch objects of a run: network structure, dynamics, weights,
+batch, rates and step, on one device and dtype. Every torch consumer (the torch backend, the
+Brian2 backend's shared arrays, the stability analysis, the training loop, benchmarks) builds
+through here, so a config means the same thing everywhere.
+
+One config gives one network (R = 1); a list of configs that share every shape gives R replicas
+stacked along the replica axis (see :mod:`ctpc.network` for the layout).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import Config, ConfigError
+from .data import load_batch
+from .dynamics import Dynamics, Params, Rates, Scalar, per_replica
+from .network import Network, Weights, init_weights
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(name: str) -> torch.device:
+    """'cpu', 'cuda' or 'auto' (CUDA when available); 'cuda' without a GPU is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device: 'cuda' was asked for but this torch ({torch.__version__}) sees no CUDA GPU; "
+            "install a CUDA build of torch (README, 'Running on a GPU') or use --device cpu")
+    return torch.device(name)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return DTYPES[name]
+
+
+# What must agree between configs stacked as replicas: it fixes tensor shapes and the code run.
+def shape_key(cfg: Config) -> tuple:
+    net = cfg.network
+    return (net.input_dim, net.width, net.depth, net.output_dim, net.activation,
+            cfg.data.batch_size, cfg.dtype, cfg.dynamics.tau_e > 0)
+
+
+@dataclass
+class Model:
+    """Everything torch-side of R runs; ``params()`` bundles what a step needs."""
+    net: Network
+    dyn: Dynamics
+    weights: Weights
+    x: torch.Tensor        # [R, B, D]
+    y: torch.Tensor        # [R, B, O]
+    rates: Rates
+    dt: Scalar             # ms; a python float when shared, else [R, 1, 1]
+
+    @property
+    def replicas(self) -> int:
+        return self.x.shape[0]
+
+    def params(self) -> Params:
+        return self.dyn.params(self.weights, self.x, self.y, self.rates)
+
+
+def rates_of(cfgs: list[Config], device, dtype) -> Rates:
+    taus = [c.rates() for c in cfgs]
+    return Rates.from_taus([c.dynamics.rho for c in cfgs], [t[0] for t in taus],
+                           [t[1] for t in taus], [c.dynamics.tau_e for c in cfgs], device, dtype)
+
+
+def build_model(cfgs: Config | list[Config], device: torch.device | None = None) -> Model:
+    """Network, dynamics, weights, batch, rates and dt of one config, or of several configs
+    stacked as replicas (they must share :func:`shape_key`)."""
+    cfgs = [cfgs] if isinstance(cfgs, Config) else list(cfgs)
+    keys = {shape_key(c) for c in cfgs}
+    if len(keys) != 1:
+        raise ValueError(f"replicas must share sizes, activation, batch, dtype and error-neuron "
+                         f"mode; got {sorted(keys, key=repr)}")
+    first = cfgs[0]
+    device = device if device is not None else resolve_device(first.device)
+    dtype = DTYPES[first.dtype]
+    net = Network.from_config(first, device, dtype)
+    weights = Weights.stack([init_weights(c) for c in cfgs], device, dtype)
+    batches = [load_batch(c.data, c.network, c.seed) for c in cfgs]
+    as_t = lambda arrays: torch.as_tensor(np.stack(arrays), device=device, dtype=dtype)
+    x, y = as_t([b[0] for b in batches]), as_t([b[1] for b in batches])
+    dt = per_replica([c.integrator.dt for c in cfgs], device, dtype)
+    return Model(net, Dynamics(net, first.dynamics.tau_e > 0), weights, x, y,
+                 rates_of(cfgs, device, dtype), dt)
