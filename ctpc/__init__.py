@@ -4,11 +4,28 @@
     cfg = ctpc.load_config("models/pcalm_deep.yaml", ["integrator.steps=64"])
     ds = ctpc.simulate(cfg)                 # xarray.Dataset; see README "Dataset schema"
     ds = ctpc.open_results("runs/pcalm_deep.nc")
+
+The functions that run models (``load_config``, ``simulate``) are imported on first use, so
+``import ctpc; ctpc.open_results(...)`` (reading and analysing results) never loads torch.
 """
+import importlib
+
 from ._version import __version__
 from .config import Config, ConfigError
 from .io import open_results
-from .loading import load_config
-from .run import simulate
+
+_ON_FIRST_USE = {"load_config": ".loading", "simulate": ".run"}
 
 __all__ = ["Config", "ConfigError", "load_config", "open_results", "simulate", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _ON_FIRST_USE:
+        value = getattr(importlib.import_module(_ON_FIRST_USE[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ctpc' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_ON_FIRST_USE))

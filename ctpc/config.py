@@ -48,21 +48,29 @@ class NetworkConfig(_Strict):
     weights: Path | None = Field(None, description=".npz with w1..wL ([out, in], unscaled)")
 
 
+DataSource = Literal["digits", "mnist", "synthetic", "npz", "idx"]
+SOURCES_WITH_PATH = ("npz", "idx")
+
+
 class DataConfig(_Strict):
-    source: Literal["digits", "synthetic", "npz", "idx"] = "digits"
+    source: DataSource = "digits"
     path: Path | None = None
     batch_size: int = Field(64, ge=1)
-    split: Literal["train", "test"] = "train"
+    split: Literal["train", "test"] = Field(
+        "train", description="simulate: the split its one batch is drawn from")
     shuffle: bool = True
     offset: int = Field(0, ge=0, description="first example of the batch (after shuffling)")
-    mean: float | None = Field(None, description="normalisation mean (idx default 0.1307)")
-    std: float | None = Field(None, gt=0, description="normalisation std (idx default 0.3081)")
+    mean: float | None = Field(None, description="normalisation mean (idx/mnist default 0.1307)")
+    std: float | None = Field(None, gt=0, description="normalisation std (idx/mnist 0.3081)")
+    drop_last: bool = Field(True, description="training: drop the last incomplete batch")
+    train_subset: int | None = Field(None, ge=1, description="use the first n training examples")
+    test_subset: int | None = Field(None, ge=1, description="use the first n test examples")
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> "DataConfig":
-        if self.source in ("npz", "idx") and self.path is None:
+        if self.source in SOURCES_WITH_PATH and self.path is None:
             raise ValueError(f"data.path is required for data.source={self.source!r}")
-        if self.source in ("digits", "synthetic") and self.path is not None:
+        if self.source not in SOURCES_WITH_PATH and self.path is not None:
             raise ValueError(
                 f"data.path is only used with data.source npz or idx, not {self.source!r}; "
                 "remove data.path or change data.source")

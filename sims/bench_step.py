@@ -17,8 +17,8 @@ import time
 import torch
 
 import ctpc
-from ctpc.backends.torch_backend import build
 from ctpc.integrators import make_solver
+from ctpc.model import build_model
 
 
 def config(width, depth, batch, dtype, scheme):
@@ -32,24 +32,26 @@ def config(width, depth, batch, dtype, scheme):
 
 
 def ctpc_step(cfg, device):
-    net, dyn = build(cfg, device)
-    solver = make_solver(cfg.integrator.scheme, dyn, cfg.integrator.dt)  # discrete: pre_dual
+    model = build_model(cfg, device)
+    dyn, p = model.dyn, model.params()
+    solver = make_solver(dyn, cfg.integrator.scheme, model.dt)  # discrete: pre_dual
     n = cfg.integrator.n_steps
 
     def run():
-        carry = solver.init(dyn.initial_state())
+        carry = solver.init(dyn.initial_state(p), p)
         for k in range(n):
-            carry = solver.step(carry, last=k + 1 == n)
+            carry = solver.step(carry, p, last=k + 1 == n)
         S = solver.state(carry)
-        return net.split_weights(dyn.weight_gradients(S, dyn.residuals(S)))
+        return dyn.weight_gradients(S, dyn.residuals(S, p), p).matrices(0)
     return run
 
 
 def loop_step(cfg, device):
     """The per-layer baseline: same maths, lists of [B, N] tensors, Python loops over layers."""
-    net, dyn = build(cfg, device)
-    ws = [net.w_in] + list(net.w_mid.unbind(0)) + [net.w_out]
-    x, y, phi = dyn.x, dyn.y, net.phi
+    model = build_model(cfg, device)
+    net = model.net
+    ws = model.weights.matrices(0)
+    x, y, phi = model.x[0], model.y[0], net.phi
     eta, alpha, rho, n = 0.25, 1.0, 1.0, cfg.integrator.n_steps
     H = net.n_hidden
 
@@ -60,7 +62,7 @@ def loop_step(cfg, device):
         return r
 
     def run():
-        h = list(net.feedforward(x).unbind(0))
+        h = list(net.feedforward(model.weights, model.x)[:, 0].unbind(0))
         lam = [torch.zeros_like(t) for t in h]
         for k in range(n):
             r = residuals(h)
