@@ -4,8 +4,10 @@
     cfg = ctpc.load_config("models/pcalm_deep.yaml", ["integrator.steps=64"])
     ds = ctpc.simulate(cfg)                 # xarray.Dataset; see README "Dataset schema"
     ds = ctpc.open_results("runs/pcalm_deep.nc")
+    ds = ctpc.train("models/train_digits.yaml", out="runs/train_digits.nc")
 
-The functions that run models (``load_config``, ``simulate``) are imported on first use, so
+The functions that run models (``load_config``, ``simulate``, ``train``) are imported on first
+use, so
 ``import ctpc; ctpc.open_results(...)`` (reading and analysing results) never loads torch.
 """
 import importlib
@@ -14,9 +16,10 @@ from ._version import __version__
 from .config import Config, ConfigError
 from .io import open_results
 
-_ON_FIRST_USE = {"load_config": ".loading", "simulate": ".run"}
+_ON_FIRST_USE = {"load_config": ".loading", "simulate": ".run", "train": ".training"}
 
-__all__ = ["Config", "ConfigError", "load_config", "open_results", "simulate", "__version__"]
+__all__ = ["Config", "ConfigError", "load_config", "open_results", "simulate", "train",
+           "__version__"]
 
 
 def __getattr__(name: str):

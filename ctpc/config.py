@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -78,7 +78,9 @@ class DataConfig(_Strict):
 
 
 class DynamicsConfig(_Strict):
-    method: Literal["pc", "pcalm"] = "pcalm"
+    method: Literal["bp", "pc", "pcalm"] = Field(
+        "pcalm", description="learning rule / inference dynamics; bp: training only (no "
+                             "neuron dynamics, the exact gradient by autograd)")
     rho: float = Field(1.0, gt=0)
     tau_h: float | Literal["auto"] | None = Field(
         None, description="activity time constant (ms); 'auto' = dt * lambda_max")
@@ -118,7 +120,8 @@ class IntegratorConfig(_Strict):
     dt: float = Field(1.0, gt=0, description="time step (ms)")
     steps: int | None = Field(None, ge=1)
     t_end: float | None = Field(None, gt=0, description="ms; alternative to steps")
-    budget: int | None = Field(None, ge=1, description="discrete only: inference budget T")
+    budget: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        None, description="discrete only: inference budget T; 'auto' = 2L")
     inner_steps: int = Field(1, ge=1, description="discrete only: primal steps per dual step")
     weight_credit_timing: Literal["pre_dual", "post_dual"] = "pre_dual"
     check_every: int = Field(16, ge=1, description="steps between divergence checks (syncs)")
@@ -138,7 +141,8 @@ class IntegratorConfig(_Strict):
         if self.scheme != "discrete" and discrete_only:
             raise ValueError(f"integrator.{discrete_only[0]} applies only to scheme 'discrete' "
                              f"(scheme is {self.scheme!r}); remove it or set scheme: discrete")
-        if self.budget is not None and self.n_steps_from_length() not in (None, self.budget):
+        if self.budget not in (None, "auto") and \
+                self.n_steps_from_length() not in (None, self.budget):
             raise ValueError(f"integrator.budget ({self.budget}) and steps/t_end "
                              f"({self.n_steps_from_length()}) disagree; give one of them")
         if self.t_end is not None:
@@ -159,6 +163,9 @@ class IntegratorConfig(_Strict):
     def n_steps(self) -> int:
         """Number of integration steps (for discrete: the budget T)."""
         n = self.n_steps_from_length()
+        if n is None and self.budget == "auto":
+            raise ConfigError("integrator.budget: 'auto' must be resolved first "
+                              "(ctpc.load_config does it: 2 x network.depth)")
         return self.budget if n is None else n
 
 
@@ -169,6 +176,45 @@ class RecordConfig(_Strict):
     samples: Literal["all"] | list[int] = "all"
     units: Literal["all"] | list[int] = "all"
     max_mb: float = Field(2048.0, gt=0, description="refuse runs whose traces exceed this")
+
+
+class TrainingConfig(_Strict):
+    """How ``ctpc.train`` learns (spec section 7); ignored by ``ctpc.simulate``."""
+    optimizer: Literal["adam", "sgd"] = Field(
+        "adam", description="torch.optim.Adam (betas 0.9, 0.999, eps 1e-8) or SGD with momentum")
+    lr: float | Literal["auto"] = Field("auto", description="'auto' = 1e-3 sqrt(N / L)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    epochs: int = Field(1, ge=1)
+    max_updates: int | None = Field(None, ge=1, description="stop after this many updates")
+    eval_every: int | None = Field(
+        None, ge=1, description="updates between evaluations (always: each epoch's end and "
+                                "the last update)")
+    checkpoint_every: int | None = Field(
+        200, ge=1, description="updates between checkpoints (always: the last update); null = "
+                               "the last update only")
+    plasticity: Literal["optimizer", "continuous"] = Field(
+        "optimizer", description="optimizer: one optimiser step per batch from the read-out; "
+                                 "continuous: tau_w dW/dt = -dL/dW during each presentation")
+    tau_w: float | None = Field(None, gt=0, description="ms; plasticity: continuous only")
+    probe_size: int | None = Field(
+        None, ge=1, description="examples of the fixed probe batch for the BP alignment "
+                                "(default: data.batch_size)")
+    eval_batch_size: int = Field(4096, ge=1, description="examples per forward pass when "
+                                                         "evaluating a whole split")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainingConfig":
+        if isinstance(self.lr, float) and not self.lr > 0:
+            raise ValueError(f"training.lr must be > 0 or 'auto' (got {self.lr})")
+        if self.plasticity == "continuous" and self.tau_w is None:
+            raise ValueError("training.plasticity 'continuous' needs training.tau_w (ms), the "
+                             "time constant of tau_w dW/dt = -dL/dW")
+        if self.plasticity != "continuous" and self.tau_w is not None:
+            raise ValueError("training.tau_w applies to plasticity 'continuous' only; remove it "
+                             "or set training.plasticity: continuous")
+        if self.optimizer != "sgd" and self.momentum != type(self).model_fields["momentum"].default:
+            raise ValueError("training.momentum applies to optimizer 'sgd' only")
+        return self
 
 
 Brian2Target = Literal["numpy", "cython", "cpp_standalone"]
@@ -203,6 +249,9 @@ class Config(_Strict):
     integrator: IntegratorConfig = Field(default_factory=lambda: IntegratorConfig(steps=100))
     record: RecordConfig = Field(default_factory=RecordConfig)
     brian2: Brian2Config = Field(default_factory=Brian2Config, description="Brian2 backend options")
+    training: TrainingConfig | None = Field(
+        None, description="training options (ctpc.train); a config with this section is a "
+                          "training run for ctpc.sweep")
     sweep: dict[str, list[Any]] | None = Field(None, description="sweep axes (ctpc.sweep only)")
 
     @model_validator(mode="after")
@@ -213,6 +262,11 @@ class Config(_Strict):
                              "continuous scheme (euler, semi_implicit, heun, rk4)")
         if self.backend == "brian2":
             _check_brian2(self)
+        if self.training is not None and self.training.plasticity == "continuous" and \
+                self.dynamics.method == "bp":
+            raise ValueError("training.plasticity 'continuous' integrates the neurons' local "
+                             "weight dynamics; dynamics.method 'bp' has none. Use pc or pcalm, "
+                             "or plasticity: optimizer")
         return self
 
     # ----------------------------------------------------------------- derived quantities

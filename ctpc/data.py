@@ -148,3 +148,27 @@ def load_batch(cfg: DataConfig, net: NetworkConfig, seed: int) -> tuple[np.ndarr
     idx = _select(len(images), cfg, seed)
     x = images[idx].reshape(len(idx), -1) / 255.0
     return _standardise(x, cfg, MNIST_MEAN, MNIST_STD), one_hot(labels[idx].astype(int), 10)
+
+
+# TEMPORARY placeholder until the data branch lands (splits for every source).
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    x: np.ndarray
+    y: np.ndarray
+    labels: np.ndarray
+
+
+def load_split(cfg: DataConfig, net: NetworkConfig, split: str) -> DataSplit:
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    pixels = digits.data / 16.0
+    x = (pixels - pixels.mean()) / pixels.std()
+    idx = np.arange(len(x))
+    idx = idx[idx % 5 != 0] if split == "train" else idx[idx % 5 == 0]
+    sub = cfg.train_subset if split == "train" else cfg.test_subset
+    if sub:
+        idx = idx[:sub]
+    return DataSplit(x[idx], one_hot(digits.target[idx], 10), digits.target[idx])

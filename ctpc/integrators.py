@@ -37,33 +37,43 @@ def axpy_(y: torch.Tensor, x: torch.Tensor, c: Scalar) -> torch.Tensor:
     return y.add_(x, alpha=c)
 
 
+def _lincomb(y, ks, coeffs, dt):
+    """y + dt sum_i coeffs[i] ks[i], for a tensor or a tuple of tensors (a new object)."""
+    if isinstance(y, tuple):
+        return tuple(_lincomb(c, [k[i] for k in ks], coeffs, dt) for i, c in enumerate(y))
+    out = y.clone()
+    for coeff, k in zip(coeffs, ks):
+        if coeff:
+            axpy_(out, k, dt * coeff)
+    return out
+
+
 @dataclass(frozen=True)
 class ExplicitRK:
-    """Explicit Runge-Kutta step of a Butcher tableau; the carry is the state itself."""
+    """Explicit Runge-Kutta step of a Butcher tableau; the carry is the state itself.
+
+    ``rhs(y, p)`` defaults to ``dyn.rhs`` on the neuron state S; a caller may integrate a larger
+    system with the same tableau by giving its own ``rhs`` over a tuple of tensors whose first
+    entry is S (continuous plasticity integrates (S, W_in, W_mid, W_out) this way)."""
     dyn: Dynamics
     dt: Scalar
     info: SchemeInfo
+    rhs: object = None
 
-    def init(self, S: torch.Tensor, p: Params) -> torch.Tensor:
+    def init(self, y, p: Params):
         p.check_current()
-        return S
+        return y
 
-    def state(self, carry: torch.Tensor) -> torch.Tensor:
-        return carry
+    def state(self, carry) -> torch.Tensor:
+        return carry[0] if isinstance(carry, tuple) else carry
 
-    def step(self, S: torch.Tensor, p: Params, last: bool = False) -> torch.Tensor:
+    def step(self, y, p: Params, last: bool = False):
+        rhs = self.rhs or self.dyn.rhs
         tab, dt = self.info.tableau, self.dt
-        ks = [self.dyn.rhs(S, p)]
+        ks = [rhs(y, p)]
         for row in tab.a:
-            stage = S.clone()
-            for coeff, k in zip(row, ks):
-                if coeff:
-                    axpy_(stage, k, dt * coeff)
-            ks.append(self.dyn.rhs(stage, p))
-        out = S.clone()
-        for coeff, k in zip(tab.b, ks):
-            axpy_(out, k, dt * coeff)
-        return out
+            ks.append(rhs(_lincomb(y, ks, row, dt), p))
+        return _lincomb(y, ks, tab.b, dt)
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,8 @@ def resolve(cfg: Config) -> Config:
             f"the {n_examples} examples of data.source={cfg.data.source!r}; lower one of them")
     if cfg.network.weights is not None:
         check_weights_file(cfg.network.weights, layer_shapes(cfg))
+    if cfg.integrator.budget == "auto":
+        cfg.integrator.budget = 2 * cfg.network.depth      # the paper's T = 2L
     _check_record(cfg)
     if cfg.dynamics.needs_auto_step:
         cfg = resolve_auto_step(cfg)

@@ -29,6 +29,10 @@ def simulate(config, overrides=None, *, out: str | Path | None = None, progress:
     diverged run is returned normally with ``ds.attrs["status"] == "diverged"``; check it.
     """
     cfg = load_config(config, overrides)
+    if cfg.dynamics.method == "bp":
+        raise ConfigError("dynamics.method 'bp' has no neuron dynamics to simulate: it is the "
+                          "exact-gradient baseline of training (python -m ctpc.train); use pc "
+                          "or pcalm here")
     target = out if out is not None else cfg.output
     if target is not None:
         check_output_path(target)

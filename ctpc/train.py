@@ -1,0 +1,87 @@
+"""Command line: ``python -m ctpc.train CONFIG.yaml [--set k=v ...] [--out PATH] [--resume]``.
+
+A thin entry point over :mod:`ctpc.cli` and :func:`ctpc.training.train`. Exit codes: see
+:mod:`ctpc.cli` (3: the training diverged; its data up to then and the last good checkpoint are
+kept).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import cli
+from .io import check_output_path
+from .training import prepare_config, train
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ctpc.train",
+        description="Train a network with BP, PC or PC-ALM (dynamics.method) and write its "
+                    "training history as netCDF, the final weights beside it.",
+        epilog=cli.EXIT_CODES_EPILOG)
+    cli.add_run_arguments(p, out_help="output .nc path (default: config 'output', else "
+                                      "runs/NAME.nc); also writes NAME.weights.npz and the "
+                                      "checkpoint NAME.ckpt.pt beside it")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override 'device'")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint beside the output (same command + "
+                        "--resume after a killed run)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return cli.run_main("ctpc.train", lambda: _main(args))
+
+
+def _main(args) -> int:
+    cfg = prepare_config(args.config, list(args.overrides) + cli.device_override(args))
+    if cfg.sweep:
+        cli.say("ctpc.train", f"{args.config} has a sweep: section; ctpc.train runs its base "
+                              "config only. Use python -m ctpc.sweep to run the sweep.")
+    out = args.out if args.out is not None else (cfg.output or Path("runs") /
+                                                 f"{cfg.name or 'train'}.nc")
+    check_output_path(out)
+    ds = train(cfg, out=out, resume=args.resume, progress=not args.quiet,
+               command=cli.command_line("ctpc.train"))
+    if not args.quiet:
+        print(summary_table(ds))
+    a = ds.attrs
+    print(f"status: {a['status']}  updates: {a['updates_completed']}/{a['n_updates']}  "
+          f"wall time: {a['wall_time_s']:.1f} s  ({a['samples_per_s']:.0f} samples/s)")
+    print(f"wrote {out}")
+    if a["status"] == "diverged":
+        cli.say("ctpc.train", f"training DIVERGED at update {a['diverged_at_update']}: the loss "
+                              "or the weights became non-finite. The history up to then and the "
+                              "last good checkpoint are kept. Try a smaller training.lr or a "
+                              "stabler inference (see ctpc.stability).")
+        return cli.EXIT_DIVERGED
+    return cli.EXIT_OK
+
+
+def summary_table(ds) -> str:
+    """Accuracy, the final per-layer BP cosine at a few depths, time."""
+    last = ds.isel(eval=-1)
+    L = ds.sizes["weight"]
+    rows = sorted({1, 2, max(1, L // 4), max(1, L // 2), max(1, 3 * L // 4), L})
+    lines = [f"method {ds.attrs['method']}  ({ds.attrs['scheme'] if ds.attrs['method'] != 'bp' else 'autograd'})"
+             f"  after {int(last.eval_update)} updates ({float(last.eval_epoch):.2f} epochs)",
+             f"  accuracy  train {float(last.train_acc):.4f}  test {float(last.test_acc):.4f}",
+             f"  MSE       train {float(last.train_mse):.4f}  test {float(last.test_mse):.4f}",
+             "  BP cosine of the update per weight matrix (probe batch):"]
+    cos = last.bp_cos.sel(weight=rows).values
+    lines.append("    " + "  ".join(f"W_{l}: {c:.3f}" for l, c in zip(rows, cos))
+                 + f"  (whole network {float(last.bp_cos_global):.3f})")
+    if not np.isfinite(cos).all():
+        lines.append("    (NaN: the replica diverged)")
+    return "\n".join(lines)
+
+
+cli.make_callable(__name__, train)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Learning rules: what one update computes from the current weights and a batch.
+
+Every rule returns the weight gradient (loss-gradient sign, :class:`~ctpc.network.Weights`
+layout, R replicas) and the per-update statistics the training dataset keeps. They reuse the
+simulator's own pieces: BP is autograd through :func:`ctpc.reference.forward_layers`; PC and
+PC-ALM run the configured solver through :func:`ctpc.engine.integrate` from the feed-forward
+state with lambda = 0 (fresh for every batch, spec section 7) and read the weight gradient out
+locally at the end of the budget.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..dynamics import POP_LAM, Dynamics, Rates
+from ..engine import integrate
+from ..network import Network, Weights, rms_norm
+from ..reference import forward_layers, mse_loss
+from .plasticity import final_weights
+
+
+@dataclass
+class UpdateStats:
+    """Per-update statistics of R replicas (device tensors; no host sync)."""
+    loss: torch.Tensor                   # [R] l at the feed-forward point, before the update
+    energy: torch.Tensor | None = None   # [R] L_rho at the end of inference
+    res_norm: torch.Tensor | None = None      # [H, R] at the end of inference
+    lam_norm: torch.Tensor | None = None      # [H, R]
+    credit_norm: torch.Tensor | None = None   # [H, R]
+
+
+class BPRule:
+    """The exact gradient of the MSE loss, by autograd through the same network."""
+    method = "bp"
+    plastic = False
+
+    def __init__(self, net: Network):
+        self.net = net
+
+    def __call__(self, w: Weights, x: torch.Tensor, y: torch.Tensor):
+        with torch.enable_grad():
+            leaves = w.map(lambda t: t.detach().requires_grad_())
+            _, y_hat = forward_layers(self.net, leaves, x)
+            loss = mse_loss(y_hat, y)
+            # replicas are independent: the gradient of the sum is each replica's gradient
+            grads = torch.autograd.grad(loss.sum(), leaves.tensors, allow_unused=True)
+        grads = Weights(*(torch.zeros_like(t) if g is None else g
+                          for g, t in zip(grads, w.tensors)))
+        return grads, UpdateStats(loss.detach())
+
+
+class InferenceRule:
+    """PC / PC-ALM: ``n_steps`` steps of ``solver`` from the feed-forward state, then the local
+    read-out dL_rho/dW at the final state (the solver's weight-credit timing applies)."""
+    plastic = False
+
+    def __init__(self, dyn: Dynamics, solver, n_steps: int, rates: Rates, method: str):
+        self.dyn, self.solver, self.n_steps, self.rates = dyn, solver, n_steps, rates
+        self.method = method
+
+    def infer(self, w: Weights, x: torch.Tensor, y: torch.Tensor):
+        """(final state S, its residuals, params, feed-forward loss [R])."""
+        dyn = self.dyn
+        p = dyn.params(w, x, y, self.rates)
+        S0 = dyn.initial_state(p)
+        carry = self.solver.init(S0, p)
+        loss0 = mse_loss(dyn.residuals(S0, p).y_hat, y)
+        # No divergence check here: training finds non-finite values at its own sync points.
+        out = integrate(self.solver, carry, p, self.n_steps, check_every=None)
+        S = out.final_state()
+        return S, dyn.residuals(S, p), p, loss0
+
+    def __call__(self, w: Weights, x: torch.Tensor, y: torch.Tensor):
+        S, resid, p, loss0 = self.infer(w, x, y)
+        dyn = self.dyn
+        credit = dyn.credit(S, resid, p)
+        grads = dyn.net.weight_gradients(resid.a, resid.y_hat, credit, p.x, p.y)
+        energy, _ = dyn.energy(S, resid, p)
+        return grads, UpdateStats(loss0, energy, rms_norm(resid.r), rms_norm(S[POP_LAM]),
+                                  rms_norm(credit))
+
+
+class PlasticRule:
+    """Continuous plasticity (:mod:`ctpc.training.plasticity`): each presentation integrates
+    the neurons and the weights together; ``present`` returns the new weights. ``readout`` is
+    the same inference with the weights held fixed (what the probe alignment measures)."""
+    plastic = True
+
+    def __init__(self, readout: InferenceRule, solver):
+        self.readout, self.solver = readout, solver
+        self.method = readout.method
+
+    def present(self, w: Weights, x: torch.Tensor, y: torch.Tensor):
+        dyn = self.readout.dyn
+        p = dyn.params(w, x, y, self.readout.rates)
+        S0 = dyn.initial_state(p)
+        loss0 = mse_loss(dyn.residuals(S0, p).y_hat, y)
+        out = integrate(self.solver, self.solver.init(S0, p), p, self.readout.n_steps,
+                        check_every=None)
+        w_new = final_weights(self.solver, out.carry)
+        S = out.final_state()
+        pn = dyn.params(w_new, x, y, self.readout.rates)
+        resid = dyn.residuals(S, pn)
+        energy, _ = dyn.energy(S, resid, pn)
+        return w_new, UpdateStats(loss0, energy, rms_norm(resid.r), rms_norm(S[POP_LAM]),
+                                  rms_norm(dyn.credit(S, resid, pn)))

@@ -1,0 +1,122 @@
+"""From validated configs to the objects of a training run: the model (weights of R replicas),
+the learning rule, the optimiser, the data on the device, and the resolved numbers (lr, eta_h).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import Config, ConfigError, TrainingConfig
+from ..data import DataSplit, load_split
+from ..integrators import make_solver
+from ..model import Model, build_model
+from .plasticity import plastic_solver
+from .rules import BPRule, InferenceRule, PlasticRule
+
+
+def training_config(cfg: Config) -> TrainingConfig:
+    return cfg.training if cfg.training is not None else TrainingConfig()
+
+
+def resolved_lr(cfg: Config) -> float:
+    """training.lr, or the paper's rule lr = 1e-3 sqrt(N / L) for 'auto' (spec section 7)."""
+    lr = training_config(cfg).lr
+    return 1e-3 * math.sqrt(cfg.network.width / cfg.network.depth) if lr == "auto" else lr
+
+
+# What replicas of one training program must share besides shapes (ctpc.model.shape_key):
+# the data they draw from, the control flow of the rule and of the loop.
+def training_key(cfg: Config) -> tuple:
+    t, it, d = training_config(cfg), cfg.integrator, cfg.data
+    rule = ("bp",) if cfg.dynamics.method == "bp" else (
+        it.scheme, it.n_steps, it.inner_steps, it.weight_credit_timing, t.plasticity, t.tau_w)
+    return (d.source, str(d.path), d.mean, d.std, d.drop_last, d.train_subset, d.test_subset,
+            cfg.dynamics.method == "bp", rule, t.optimizer, resolved_lr(cfg), t.momentum,
+            t.epochs, t.max_updates, t.eval_every, t.checkpoint_every, t.probe_size,
+            t.eval_batch_size, cfg.device)
+
+
+@dataclass
+class DeviceSplit:
+    """A split on the device: x [n, D], one-hot y [n, O], labels [n] (int64)."""
+    x: torch.Tensor
+    y: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @staticmethod
+    def of(split: DataSplit, device, dtype) -> "DeviceSplit":
+        as_t = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a), device=device, dtype=dt)
+        return DeviceSplit(as_t(split.x, dtype), as_t(split.y, dtype),
+                           as_t(split.labels, torch.long))
+
+
+@dataclass
+class TrainSetup:
+    cfgs: list[Config]
+    model: Model
+    rule: object
+    train: DeviceSplit
+    test: DeviceSplit
+    lr: float
+    updates_per_epoch: int
+    total_updates: int
+
+    @property
+    def cfg(self) -> Config:
+        return self.cfgs[0]
+
+    @property
+    def training(self) -> TrainingConfig:
+        return training_config(self.cfg)
+
+    @property
+    def replicas(self) -> int:
+        return len(self.cfgs)
+
+
+def make_rule(cfg: Config, model: Model):
+    """The learning rule of ``dynamics.method`` (and ``training.plasticity``)."""
+    if cfg.dynamics.method == "bp":
+        return BPRule(model.net)
+    it, t = cfg.integrator, training_config(cfg)
+    solver = make_solver(model.dyn, it.scheme, model.dt, inner_steps=it.inner_steps,
+                         weight_credit_timing=it.weight_credit_timing)
+    rule = InferenceRule(model.dyn, solver, it.n_steps, model.rates, cfg.dynamics.method)
+    if t.plasticity == "continuous":
+        return PlasticRule(rule, plastic_solver(solver, t.tau_w))
+    return rule
+
+
+def build_training(cfgs: Config | list[Config]) -> TrainSetup:
+    """Everything a training run of one config, or of replicas that share
+    :func:`training_key`, needs (data loaded and checked, weights initialised)."""
+    cfgs = [cfgs] if isinstance(cfgs, Config) else list(cfgs)
+    keys = {training_key(c) for c in cfgs}
+    if len(keys) != 1:
+        raise ValueError("training replicas must share data, rule, optimiser and schedule")
+    cfg = cfgs[0]
+    model = build_model(cfgs)
+    dev, dtype = model.net.device, model.net.dtype
+    train = DeviceSplit.of(load_split(cfg.data, cfg.network, "train"), dev, dtype)
+    test = DeviceSplit.of(load_split(cfg.data, cfg.network, "test"), dev, dtype)
+    t, b = training_config(cfg), cfg.data.batch_size
+    per_epoch = train.n // b if cfg.data.drop_last else -(-train.n // b)
+    if per_epoch == 0:
+        raise ConfigError(f"data.batch_size ({b}) is larger than the {train.n} training "
+                          "examples and data.drop_last is true: no full batch; lower "
+                          "data.batch_size or set data.drop_last: false")
+    total = t.epochs * per_epoch
+    if t.max_updates is not None:
+        total = min(total, t.max_updates)
+    if t.probe_size is not None and t.probe_size > train.n:
+        raise ConfigError(f"training.probe_size ({t.probe_size}) exceeds the {train.n} "
+                          "training examples")
+    return TrainSetup(cfgs, model, make_rule(cfg, model), train, test, resolved_lr(cfg),
+                      per_epoch, total)
