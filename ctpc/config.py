@@ -126,6 +126,10 @@ class IntegratorConfig(_Strict):
     weight_credit_timing: Literal["pre_dual", "post_dual"] = "pre_dual"
     check_every: int = Field(16, ge=1, description="steps between divergence checks (syncs)")
     divergence_bound: float = Field(1e6, gt=0, description="|state| above this = diverged")
+    growth_bound: float = Field(
+        1e3, gt=1, allow_inf_nan=True,
+        description="|state| above this times max(1, |initial state|) = diverged (an "
+                    "instability caught before it reaches divergence_bound); .inf: off")
 
     @model_validator(mode="after")
     def _length(self) -> "IntegratorConfig":

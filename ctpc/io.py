@@ -108,6 +108,7 @@ def build_dataset(cfg: Config, res: RunResult, command: str | None = None) -> xr
     }
     if res.diverged_at is not None:
         ds.attrs["diverged_at"] = res.diverged_at
+        ds.attrs["diverged_reason"] = res.diverged_reason or "bound"
     ds.attrs.update(res.extra_attrs or {})
     return ds
 

@@ -161,7 +161,7 @@ class Recorder:
 
     def results(self, S: torch.Tensor, p: Params, steps_completed, diverged_step, *, dt,
                 backend: str, device: str, t0: float, extra_attrs=None,
-                slot_traces: dict | None = None) -> list[RunResult]:
+                slot_traces: dict | None = None, reasons=None) -> list[RunResult]:
         """The per-replica results of a finished run: ``S`` is the final state of every replica
         (a diverged replica's last bounded state), ``steps_completed[r]`` its step, and
         ``diverged_step[r]`` the first out-of-bounds step or None. ``dt[r]`` in ms.
@@ -199,5 +199,5 @@ class Recorder:
                 status="ok" if diverged_step[r] is None else "diverged",
                 diverged_at=None if diverged_step[r] is None else diverged_step[r] * float(dt[r]),
                 steps_completed=done, backend=backend, device=device, wall_time_s=wall,
-                extra_attrs=extra_attrs))
+                extra_attrs=extra_attrs, diverged_reason=(reasons or [None] * self.replicas)[r]))
         return out

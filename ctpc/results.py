@@ -35,3 +35,4 @@ class RunResult:
     device: str
     wall_time_s: float
     extra_attrs: dict | None = None   # backend-specific provenance (e.g. Brian2 codegen target)
+    diverged_reason: str | None = None   # "non-finite" | "bound" | "growth" (diverged runs)

@@ -216,3 +216,20 @@ def test_simulate_warns_about_a_sweep_section(tmp_path, capsys):
                    "sweep: {integrator.dt: [0.5, 1.0]}\n")
     assert main([str(cfg), "--out", str(tmp_path / "s.nc"), "--quiet"]) == 0
     assert "python -m ctpc.sweep" in capsys.readouterr().err
+
+
+def test_instability_below_the_absolute_bound_is_caught(small):
+    """An unstable scheme with a budget too short to reach divergence_bound (rho = 2, eta_h =
+    0.25, alpha = 1 is past spec 5.2's semi-implicit edge): its state grows ~50x in 24 steps.
+    The growth bound catches it (status diverged, reason growth); a stable run stays within
+    ~1.06x of its initial size and is untouched; growth_bound .inf turns the check off."""
+    model = str(ROOT / "models" / "pcalm_paper_discrete.yaml")
+    short = ["dynamics.rho=2.0", "integrator.budget=24", "record.every=1",
+             "record.variables=[]", "integrator.growth_bound=10"]
+    ds = ctpc.simulate(model, short)
+    assert ds.attrs["status"] == "diverged" and ds.attrs["diverged_reason"] == "growth"
+    off = ctpc.simulate(model, short[:-1] + ["integrator.growth_bound=.inf"])
+    assert off.attrs["status"] == "ok"
+    assert float(off.res_norm.isel(time=-1).max()) > 10 * float(off.res_norm.isel(time=3).max())
+    stable = ctpc.simulate(model, ["integrator.growth_bound=1.5", "record.variables=[]"])
+    assert stable.attrs["status"] == "ok"

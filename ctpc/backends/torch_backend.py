@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import Config
-from ..engine import integrate
+from ..engine import divergence_bounds, divergence_reason, integrate
 from ..integrators import make_solver
 from ..model import build_model
 from ..recording import Recorder, plan_recording
@@ -37,12 +37,15 @@ def run_replicas(cfgs: list[Config], progress: bool = True) -> list[RunResult]:
     n = it.n_steps
     with torch.no_grad(), tqdm(total=n, desc=f"{first.name or 'ctpc'} {it.scheme}",
                                unit="step", disable=not progress, leave=False) as bar:
-        carry = solver.init(model.dyn.initial_state(p), p)
+        S0 = model.dyn.initial_state(p)
+        carry = solver.init(S0, p)
         rec.record(0, solver.state(carry), p)
         out = integrate(solver, carry, p, n, check_every=it.check_every,
-                        bound=it.divergence_bound,
+                        bound=divergence_bounds(S0, it.divergence_bound, it.growth_bound),
                         observe=lambda step, S: rec.maybe_record(step, S, p),
                         progress=bar.update)
         return rec.results(out.final_state(), p, out.steps_completed, out.diverged_step,
                            dt=[c.integrator.dt for c in cfgs], backend="torch",
-                           device=str(model.net.device), t0=t0)
+                           device=str(model.net.device), t0=t0,
+                           reasons=[divergence_reason(v, it.divergence_bound)
+                                    for v in out.peak_at_divergence])

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...config import Config, ConfigError
+from ...engine import divergence_bounds, divergence_reason, peak
 from ...loading import load_config
 from ...model import build_model
 from ...recording import Recorder, RecordPlan, plan_recording
@@ -62,6 +63,10 @@ class _Context:
         self.dtype = self.model.net.dtype
         self.p = self.model.params()
         self.bp = bp_reference(self.model.net, self.model.weights, self.model.x, self.model.y)
+        # the same per-run bound as the torch backend (divergence_bound or growth_bound)
+        it = cfg.integrator
+        self.spec.constants["bound"] = (float(divergence_bounds(
+            self.model.dyn.initial_state(self.p), it.divergence_bound, it.growth_bound)[0]), "1")
         if cfg.brian2.target == "cpp_standalone":
             check_state_monitor_size(cfg, self.plan, self.spec)
 
@@ -230,15 +235,20 @@ def run(cfg: Config, progress: bool = True) -> RunResult:
                       stacklevel=2)
     n = cfg.integrator.n_steps
     out = simulate_steps(ctx, n, progress, watch=True)
+    reason = None
     if out.diverged_step is not None:
         # Repeat the run up to the last bounded step: its state is the final one, and the
-        # trace ends there (the torch backend replays its last chunk the same way).
+        # trace ends there (the torch backend replays its last chunk the same way). The reason
+        # is read from the state where the run stopped (the next check, at or after the
+        # diverged step).
         diverged_step = out.diverged_step
+        reason = divergence_reason(float(peak(out.final)[0]), cfg.integrator.divergence_bound)
         out = simulate_steps(ctx, diverged_step - 1, False, watch=False)
     else:
         diverged_step = None
     return out.recorder.results(
         out.final, ctx.p, [out.steps_run], [diverged_step], dt=[cfg.integrator.dt],
+        reasons=[reason],
         backend="brian2", device="cpu", t0=t0, slot_traces=out.traces,
         extra_attrs={"brian2_version": b2.__version__, "brian2_target": cfg.brian2.target,
                      "brian2_construction": cfg.brian2.construction,
