@@ -205,11 +205,12 @@ def _mean_std(raw: RawSplit, cfg: DataConfig) -> tuple[float, float] | None:
 def _affine(x: np.ndarray, raw: RawSplit, cfg: DataConfig) -> np.ndarray:
     """float64 ``(x / scale - mean) / std`` of any ``[k, D]`` rows of ``raw.x``."""
     out = np.array(x, dtype=np.float64)          # a copy: never a view of the cached file
-    if raw.scale != 1.0:
-        out = out / raw.scale
     mean_std = _mean_std(raw, cfg)
-    if mean_std is not None:
-        out = (out - mean_std[0]) / mean_std[1]
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        if raw.scale != 1.0:                     # (non-finite results are counted and reported)
+            out = out / raw.scale
+        if mean_std is not None:
+            out = (out - mean_std[0]) / mean_std[1]
     return out
 
 

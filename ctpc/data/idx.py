@@ -75,6 +75,8 @@ def read_bytes(path: Path) -> bytes:
         raw = path.read_bytes()
     except OSError as exc:
         raise IdxError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if not raw:
+        raise IdxError(path, "empty file (0 bytes; an interrupted download?)")
     if path.name.endswith(".gz"):
         return _decompress(path, raw)
     if raw.startswith(GZIP_MAGIC):
