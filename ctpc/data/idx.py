@@ -68,16 +68,17 @@ def _decompress(path: Path, raw: bytes) -> bytes:
         raise IdxError(path, f"corrupt gzip file ({exc})") from None
 
 
-def read_bytes(path: Path) -> bytes:
-    """The file's IDX bytes, decompressed when its name ends in ``.gz``."""
+def read_bytes(path: Path, gz: bool | None = None) -> bytes:
+    """The file's IDX bytes, decompressed if ``gz`` (None: if its name ends in ``.gz``)."""
     path = Path(path)
+    gz = path.name.endswith(".gz") if gz is None else gz
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise IdxError(path, f"cannot be read ({exc.strerror or exc})") from None
     if not raw:
         raise IdxError(path, "empty file (0 bytes; an interrupted download?)")
-    if path.name.endswith(".gz"):
+    if gz:
         return _decompress(path, raw)
     if raw.startswith(GZIP_MAGIC):
         raise IdxError(path, "gzip-compressed data but the name does not end in .gz; "
