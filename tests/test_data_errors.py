@@ -304,6 +304,7 @@ CASES = [
     Case("npz-x-no-columns", npz(x=np.zeros((10, 0)), y=Y), (P, "no features")),
     # --- npz: the meaning of y
     Case("npz-y-fractional-labels", npz(x=X, y=LAB + 0.5), (P, "'y'", "not a class label")),
+    Case("npz-y-id-column", npz(x=X, y=np.arange(10) * 100000), (P, "'y'", "id column")),
     Case("npz-y-negative-labels", npz(x=X, y=LAB - 1), (P, "'y'", "not a class label")),
     Case("npz-y-not-one-hot", npz(**{**SPLIT, "y_train": Y * 0.5}),
          (P, "'y_train' is neither one-hot nor integer labels")),

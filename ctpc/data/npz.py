@@ -5,6 +5,8 @@
 * one set: ``x [n, D]``, ``y`` (one-hot, integer labels, or real-valued targets ``[n, O]``, which
   simulate accepts but training does not). It is the train split; there is no test split.
 
+Integer labels give ``O = max(largest label + 1, network.output_dim)`` classes.
+
 Every array is checked when the file is first read (numeric dtype, shape, finite values, the
 meaning of y, agreement between train and test); a problem is a ConfigError that names
 ``data.path``, the array and what is wrong. Files are read with ``allow_pickle=False`` and
@@ -26,6 +28,7 @@ from .raw import RawSplit
 SPLIT_ARRAYS = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}
 SINGLE_ARRAYS = ("x", "y")
 NUMERIC_KINDS = "biuf"            # bool, signed, unsigned, float
+MAX_CLASSES = 1 << 16             # integer labels above this are ids, not classes
 LABELS, ONE_HOT, TARGETS = "integer labels", "one-hot", "real-valued targets"
 
 
@@ -139,6 +142,9 @@ def _read_y(path: Path, name: str, y: np.ndarray, n: int, x_name: str):
         bad = y[(y != np.round(y)) | (y < 0)][0]
         raise _error(path, f"array {name!r} is 1-dimensional but holds {bad!r}, which is not "
                            "a class label (integers 0, 1, 2, ...)")
+    if len(y) and y.max() >= MAX_CLASSES:
+        raise _error(path, f"array {name!r} holds the label {int(y.max())}; class labels must "
+                           f"be below {MAX_CLASSES} (is it an id column?)")
     return LABELS, y.astype(np.int64), None, None
 
 
