@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-NAMES = {("train", "images"): "train-images-idx3-ubyte", ("train", "labels"): "train-labels-idx1-ubyte",
-         ("test", "images"): "t10k-images-idx3-ubyte", ("test", "labels"): "t10k-labels-idx1-ubyte"}
+NAMES = {("train", "images"): "train-images-idx3-ubyte",
+         ("train", "labels"): "train-labels-idx1-ubyte",
+         ("test", "images"): "t10k-images-idx3-ubyte",
+         ("test", "labels"): "t10k-labels-idx1-ubyte"}
 
 
 def idx_bytes(array, type_code=0x08) -> bytes:

@@ -18,6 +18,12 @@ from datafiles import NAMES, idx_bytes, mnist_arrays
 SHAPES = {"train": (6, 4, 3), "test": (3, 4, 3)}
 
 
+def small_shape(name: str) -> tuple:
+    """The shape of the small stand-in for the IDX file ``name``."""
+    shape = SHAPES["train" if name.startswith("train") else "test"]
+    return shape if "images" in name else shape[:1]
+
+
 def gz_files(arrays) -> dict[str, bytes]:
     return {NAMES[key] + ".gz": gzip.compress(idx_bytes(a), mtime=0) for key, a in arrays.items()}
 
@@ -34,9 +40,7 @@ def mirror(tmp_path, monkeypatch):
     for key in ("mnist", "fashion-mnist"):
         real = fetch.DATASETS[key]
         remotes = tuple(fetch.Remote(r.name, hashlib.sha256(files[r.name]).hexdigest(),
-                                     (SHAPES["train" if r.name.startswith("train") else "test"]
-                                      if "images" in r.name else
-                                      (6 if r.name.startswith("train") else 3,)), len(files[r.name]))
+                                     small_shape(r.name), len(files[r.name]))
                         for r in real.files)
         monkeypatch.setitem(fetch.DATASETS, key, fetch.DataSet(real.mirror, remotes, real.settings))
     return where.as_uri(), where, files

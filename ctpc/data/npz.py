@@ -29,6 +29,7 @@ SPLIT_ARRAYS = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}
 SINGLE_ARRAYS = ("x", "y")
 NUMERIC_KINDS = "biuf"            # bool, signed, unsigned, float
 MAX_CLASSES = 1 << 16             # integer labels above this are ids, not classes
+ZIP_MAGIC, NPY_MAGIC = b"PK\x03\x04", b"\x93NUMPY"
 LABELS, ONE_HOT, TARGETS = "integer labels", "one-hot", "real-valued targets"
 
 
@@ -55,10 +56,16 @@ def _open(path: Path):
     if not path.exists():
         raise _error(path, "does not exist (data.source: npz expects an .npz file with arrays "
                            "x_train, y_train, x_test, y_test, or x, y)")
+    with open(path, "rb") as f:
+        magic = f.read(len(NPY_MAGIC))
+    if not magic.startswith(ZIP_MAGIC) and magic != NPY_MAGIC:
+        raise _error(path, "is not an .npz file (an .npz is the zip archive numpy.savez "
+                           "writes); save the arrays with numpy.savez")
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise _error(path, f"is not an .npz file ({exc}); save it with numpy.savez") from None
+        raise _error(path, f"is not a readable .npz file ({exc}); save it with "
+                           "numpy.savez") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise _error(path, "holds a single .npy array, not an .npz archive of named arrays; "
                            "save it with numpy.savez(path, x_train=..., y_train=..., ...)")
@@ -139,7 +146,7 @@ def _read_y(path: Path, name: str, y: np.ndarray, n: int, x_name: str):
             return ONE_HOT, np.argmax(y, axis=1).astype(np.int64), None, y.shape[1]
         return TARGETS, None, y, y.shape[1]
     if not np.all(y == np.round(y)) or (len(y) and y.min() < 0):
-        bad = y[(y != np.round(y)) | (y < 0)][0]
+        bad = y[(y != np.round(y)) | (y < 0)][0].item()
         raise _error(path, f"array {name!r} is 1-dimensional but holds {bad!r}, which is not "
                            "a class label (integers 0, 1, 2, ...)")
     if len(y) and y.max() >= MAX_CLASSES:
