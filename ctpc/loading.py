@@ -128,7 +128,8 @@ def resolve(cfg: Config) -> Config:
     if n_examples is not None and cfg.data.offset + cfg.data.batch_size > n_examples:
         raise ConfigError(
             f"data.batch_size ({cfg.data.batch_size}) + data.offset ({cfg.data.offset}) exceeds "
-            f"the {n_examples} examples of data.source={cfg.data.source!r}; lower one of them")
+            f"the {n_examples} examples of the {cfg.data.split} split (data.split) of "
+            f"data.source={cfg.data.source!r}; lower one of them")
     if cfg.network.weights is not None:
         check_weights_file(cfg.network.weights, layer_shapes(cfg))
     if cfg.integrator.budget == "auto":

@@ -122,7 +122,7 @@ BAD = [
     (["record.layers=[0]"], "record.layers", "hidden layers 1 .. depth-1"),
     (["record.units=[99]"], "record.units", "units 0 .. width-1"),
     (["data.source=npz"], "data.path is required", "npz"),
-    (["data.batch_size=5000"], "data.batch_size", "1797 examples"),
+    (["data.batch_size=5000"], "data.batch_size", "1437 examples of the train split"),
     (["network.input_dim=10"], "network.input_dim", "provides 64"),
     (["integrator.steps=100000", "record.samples=all"], "record", "record.max_mb"),
     (["dynamics.tau_e=1", "integrator.scheme=discrete"], "discrete", "tau_e"),
