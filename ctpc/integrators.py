@@ -122,7 +122,7 @@ def _nonzero(c: Scalar) -> bool:
 
 
 def make_solver(dyn: Dynamics, scheme: str, dt: Scalar, *, inner_steps: int = 1,
-                weight_credit_timing: str = "pre_dual"):
+                weight_credit_timing: str = "pre_dual", compile: bool = False):
     """The solver of ``scheme`` (a name of :data:`ctpc.schemes.SCHEMES`) with step ``dt`` (ms)."""
     info = scheme_info(scheme)
     if not info.gauss_seidel:

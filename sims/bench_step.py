@@ -1,141 +1,182 @@
-"""Benchmark one training-step-sized workload: T = 2L inference steps + weight-gradient
-read-out, N = 32, L = 32, B = 64 (the paper's setting), on CPU and (when present) CUDA.
+"""Benchmark one training step's workload on the CPU (and CUDA when present), every variant
+interleaved in one run: T inference steps of the discrete algorithm from the feed-forward state
+plus the weight read-out (one training step before the optimiser), float32, ReLU, PC-ALM,
+D = 784, O = 10 (the paper's MNIST shapes, synthetic inputs).
 
-Compares ctpc's stacked-layer solver with a straightforward per-layer loop (how PC code is
-commonly written: a Python list of layers, one small matmul per layer per step), both in
-torch on the same device. Prints a markdown table for docs/benchmarks.md.
+Variants (each checked to compute the same read-out before it is timed):
+  loop          ctpc's solver loop: make_solver + integrate (no divergence check) + read-out
+  loop+check    the same with the per-step divergence check (one host sync per 16 steps)
+  compiled      the loop with torch.compile'd chunks of steps (integrator.compile: true)
+  simulate      ctpc.simulate with the default recording, end to end (build, BP, dataset)
+  simulate-full ctpc.simulate recording every step of every variable (full traces)
+  jax           sims/jax_pcalm.py (jit + lax.scan) on the same weights and batch, in the same
+                process and interleaved, when jax is importable
+  R replicas    R networks of the same cell as one tensor program (time for all R)
 
-    python sims/bench_step.py [--width 32 --depth 32 --batch 64 --repeats 20]
+    python sims/bench_step.py [--threads 2] [--repeats 31] [--cells all|small]
+           [--variants loop,loop+check,...] [--out docs/bench_step.json]
+
+Run it twice (--threads 2 and --threads 1) for the thread comparison: torch's threads are set
+with torch.set_num_threads, JAX's through XLA_FLAGS before jax is imported.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import torch
-
-import ctpc
-from ctpc.integrators import make_solver
-from ctpc.model import build_model
-
-
-def config(width, depth, batch, dtype, scheme):
-    length = {"budget": 2 * depth} if scheme == "discrete" else {"steps": 2 * depth}
-    return ctpc.load_config({
-        "dtype": dtype, "network": {"width": width, "depth": depth, "activation": "relu"},
-        "data": {"source": "digits", "batch_size": batch},
-        "dynamics": {"method": "pcalm", "state_lr": 0.25, "alpha": 1.0},
-        "integrator": {"scheme": scheme, "dt": 1.0, **length},
-        "record": {"every": 2 * depth, "variables": []}})
+HERE = Path(__file__).resolve().parent
+CELLS = {"32,32,64,64": (32, 32, 64, 64), "128,32,64,64": (128, 32, 64, 64),
+         "8,8,16,64": (8, 8, 16, 64), "32,128,256,64": (32, 128, 256, 64)}
+REPLICA_CELLS = ("32,32,64,64", "8,8,16,64")
+D, O = 784, 10
 
 
-def ctpc_step(cfg, device):
-    model = build_model(cfg, device)
-    dyn, p = model.dyn, model.params()
-    solver = make_solver(dyn, cfg.integrator.scheme, model.dt)  # discrete: pre_dual
-    n = cfg.integrator.n_steps
+def config(n, l, t, b, *, seed=0, dtype="float32", record=None, compile_=False):
+    cfg = {"name": "bench", "dtype": dtype, "device": "cpu", "seed": seed,
+           "network": {"width": n, "depth": l, "activation": "relu", "input_dim": D,
+                       "output_dim": O},
+           "data": {"source": "synthetic", "batch_size": b},
+           "dynamics": {"method": "pcalm", "state_lr": 0.25, "alpha": 1.0},
+           "integrator": {"scheme": "discrete", "dt": 1.0, "budget": t},
+           "record": record or {"every": t, "variables": []}}
+    if compile_:
+        cfg["integrator"]["compile"] = True
+    return cfg
+
+
+def ctpc_loop(cfgs, check: bool):
+    """The solver loop of R = len(cfgs) replicas + the read-out, as training runs it."""
+    import torch
+
+    import ctpc
+    from ctpc.engine import integrate
+    from ctpc.integrators import make_solver
+    from ctpc.model import build_model
+
+    loaded = [ctpc.load_config(c) for c in cfgs]
+    model = build_model(loaded)
+    dyn, p, it = model.dyn, model.params(), loaded[0].integrator
+    solver = make_solver(dyn, it.scheme, model.dt, compile=it.compile)
 
     def run():
-        carry = solver.init(dyn.initial_state(p), p)
-        for k in range(n):
-            carry = solver.step(carry, p, last=k + 1 == n)
-        S = solver.state(carry)
-        return dyn.weight_gradients(S, dyn.residuals(S, p), p).matrices(0)
+        with torch.no_grad():
+            carry = solver.init(dyn.initial_state(p), p)
+            out = integrate(solver, carry, p, it.n_steps, check_every=16 if check else None)
+            S = out.final_state()
+            return dyn.weight_gradients(S, dyn.residuals(S, p), p)
     return run
 
 
-def loop_step(cfg, device):
-    """The per-layer baseline: same maths, lists of [B, N] tensors, Python loops over layers."""
-    model = build_model(cfg, device)
-    net = model.net
-    ws = model.weights.matrices(0)
-    x, y, phi = model.x[0], model.y[0], net.phi
-    eta, alpha, rho, n = 0.25, 1.0, 1.0, cfg.integrator.n_steps
-    H = net.n_hidden
-
-    def residuals(h):
-        r = [h[0] - net.s_in * x @ ws[0].T]
-        for l in range(1, H):
-            r.append(h[l] - h[l - 1] - net.s_mid * phi(h[l - 1]) @ ws[l].T)
-        return r
-
-    def run():
-        h = list(net.feedforward(model.weights, model.x)[:, 0].unbind(0))
-        lam = [torch.zeros_like(t) for t in h]
-        for k in range(n):
-            r = residuals(h)
-            g = [rho * r[l] + lam[l] for l in range(H)]
-            y_hat = net.s_out * phi(h[-1]) @ ws[-1].T
-            new = []
-            for l in range(H):
-                grad = g[l].clone()
-                if l + 1 < H:
-                    d = (h[l] > 0).to(h[l].dtype)
-                    grad -= g[l + 1] + d * (net.s_mid * g[l + 1] @ ws[l + 1])
-                else:
-                    grad += net.s_out * (h[l] > 0).to(h[l].dtype) * ((y_hat - y) @ ws[-1])
-                new.append(h[l] - eta * grad)
-            h = new
-            if k + 1 < n:
-                r = residuals(h)
-                lam = [lam[l] + alpha * r[l] for l in range(H)]
-        r = residuals(h)
-        g = [rho * r[l] + lam[l] for l in range(H)]
-        gw = [-net.s_in * g[0].T @ x / x.shape[0]]
-        gw += [-net.s_mid * g[l].T @ phi(h[l - 1]) / x.shape[0] for l in range(1, H)]
-        return gw
-    return run
+def ctpc_simulate(cfg):
+    import ctpc
+    loaded = ctpc.load_config(cfg)
+    return lambda: ctpc.simulate(loaded)
 
 
-def timeit(fn, device, repeats):
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with torch.no_grad():
+def median_interleaved(fns: dict, repeats: int, sync) -> dict:
+    """Warm up each, then ``repeats`` rounds calling every variant once per round."""
+    for fn in fns.values():
         for _ in range(3):
             fn()
-        sync()
-        times = []
-        for _ in range(repeats):
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             sync()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def jax_step(n, l, t, b):
+    """sims/jax_pcalm.py's training step on the same weights and batch as ctpc's cell."""
+    import importlib.util
+
+    import numpy as np
+
+    import ctpc
+    from ctpc.data import load_batch
+    from ctpc.network import init_weights
+    spec = importlib.util.spec_from_file_location("jax_pcalm", HERE / "jax_pcalm.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = ctpc.load_config(config(n, l, t, b))
+    x, y = load_batch(cfg.data, cfg.network, cfg.seed)
+    run = mod.make_training_step(init_weights(cfg), x, y, activation="relu", T=t, eta=0.25,
+                                 alpha=1.0, dtype="float32")
+    return run
+
+
+def check_same(fns_ref, fns_other, tol=1e-4):
+    import torch
+    a, b = fns_ref(), fns_other()
+    err = max(float((x - y).abs().max() / (x.abs().max() + 1e-30))
+              for x, y in zip(a.tensors, b.tensors))
+    assert err < tol, f"variants disagree: relative {err:.2e}"
+    return err
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--depth", type=int, default=32)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=20)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=31)
+    p.add_argument("--cells", default="all", help="all, or comma-separated N,L,T,B;... keys")
+    p.add_argument("--variants", default="loop,loop+check,simulate,simulate-full,replicas,jax")
+    p.add_argument("--replicas", type=int, default=8)
+    p.add_argument("--out", help="write the results as JSON here")
     a = p.parse_args()
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-          f"torch threads, torch {torch.__version__}"
-          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
-    print(f"workload: N={a.width}, L={a.depth}, B={a.batch}, T=2L={2 * a.depth} steps + "
-          "weight-gradient read-out, PC-ALM, ReLU\n")
-    # Same maths? The baseline must reproduce ctpc's discrete run before its time means anything.
-    cfg64 = config(8, 6, 4, "float64", "discrete")
-    with torch.no_grad():
-        ours, theirs = ctpc_step(cfg64, devices[0])(), loop_step(cfg64, devices[0])()
-    diff = max(float((a - b).abs().max()) for a, b in zip(ours, theirs))
-    assert diff < 1e-12, f"per-layer baseline disagrees with ctpc by {diff}"
-    print(f"baseline check: per-layer loop equals ctpc discrete to {diff:.1e} (float64)\n")
-    print("| device | dtype | ctpc discrete (ms) | ctpc rk4 (ms) | per-layer loop (ms) | "
-          "speed-up vs loop |")
-    print("|---|---|---|---|---|---|")
-    for device in devices:
-        for dtype in ("float32", "float64"):
-            cfg = config(a.width, a.depth, a.batch, dtype, "discrete")
-            t_si = timeit(ctpc_step(cfg, device), device, a.repeats)
-            t_rk = timeit(ctpc_step(config(a.width, a.depth, a.batch, dtype, "rk4"), device),
-                          device, a.repeats)
-            t_loop = timeit(loop_step(cfg, device), device, a.repeats)
-            print(f"| {device.type} | {dtype} | {t_si * 1e3:.1f} | {t_rk * 1e3:.1f} | "
-                  f"{t_loop * 1e3:.1f} | {t_loop / t_si:.1f}x |")
+    if a.threads == 1:    # XLA reads its thread settings once, before jax is imported
+        os.environ["XLA_FLAGS"] = ("--xla_cpu_multi_thread_eigen=false "
+                                   "intra_op_parallelism_threads=1")
+    import torch
+    torch.set_num_threads(a.threads)
+    try:
+        import jax  # noqa: F401
+        has_jax = True
+    except ImportError:
+        has_jax = False
+    variants = a.variants.split(",")
+    cells = list(CELLS) if a.cells == "all" else a.cells.split(";")
+    results = {"machine": platform.processor() or platform.machine(),
+               "cpu_count": os.cpu_count(), "threads": a.threads,
+               "torch": torch.__version__, "load_before": os.getloadavg(), "cells": {}}
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for key in cells:
+        n, l, t, b = CELLS[key]
+        fns = {}
+        if "loop" in variants:
+            fns["loop"] = ctpc_loop([config(n, l, t, b)], check=False)
+        if "loop+check" in variants:
+            fns["loop+check"] = ctpc_loop([config(n, l, t, b)], check=True)
+        if "compiled" in variants:
+            t0 = time.perf_counter()
+            fns["compiled"] = ctpc_loop([config(n, l, t, b, compile_=True)], check=False)
+            fns["compiled"]()
+            results.setdefault("compile_s", {})[key] = time.perf_counter() - t0
+        if "simulate" in variants:
+            fns["simulate"] = ctpc_simulate(config(n, l, t, b, record={"every": 1}))
+        if "simulate-full" in variants:
+            fns["simulate-full"] = ctpc_simulate(config(
+                n, l, t, b, record={"every": 1, "variables": ["h", "lam", "err", "credit"]}))
+        if "replicas" in variants and key in REPLICA_CELLS:
+            fns[f"R={a.replicas}"] = ctpc_loop(
+                [config(n, l, t, b, seed=s) for s in range(a.replicas)], check=False)
+        if "jax" in variants and has_jax:
+            fns["jax"] = jax_step(n, l, t, b)
+        if "loop" in fns and "compiled" in fns:
+            check_same(fns["loop"], fns["compiled"])
+        results["cells"][key] = median_interleaved(fns, a.repeats, sync)
+        print(key, {k: round(v, 3) for k, v in results["cells"][key].items()}, flush=True)
+    results["load_after"] = os.getloadavg()
+    print(json.dumps(results, indent=1))
+    if a.out:
+        Path(a.out).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
