@@ -76,10 +76,33 @@ class ExplicitRK:
         return _lincomb(y, ks, tab.b, dt)
 
 
-@dataclass(frozen=True)
 class GSCarry:
-    S: torch.Tensor
-    resid: Residuals   # residuals at S's activities, reused by the next primal step
+    """The Gauss-Seidel carry: the state and the network pass at its activities, in buffers
+    that :meth:`GaussSeidel.step` updates in place (no allocation per step).
+
+    S [P, H, R, B, N]; r [H, R, B, N] residuals; a = phi(h); out_err = y_hat - y [R, B, O];
+    scratch buffers for the credit, the back-projected credit and the output feedback."""
+
+    def __init__(self, S: torch.Tensor, r: torch.Tensor, a: torch.Tensor, out_err: torch.Tensor,
+                 y: torch.Tensor):
+        self.S, self.r, self.a, self.out_err, self.y = S, r, a, out_err, y
+        self.g = torch.empty_like(r)
+        self.back = torch.empty_like(r[1:])
+        self.fb_out = torch.empty_like(r[-1])
+        self.mask = None
+
+    @property
+    def resid(self) -> Residuals:
+        """The network pass at S as a :class:`~ctpc.network.Residuals` (views, plus y_hat)."""
+        return Residuals(self.r, self.out_err + self.y, self.a)
+
+    def clone(self) -> "GSCarry":
+        return GSCarry(self.S.clone(), self.r.clone(), self.a.clone(), self.out_err.clone(),
+                       self.y)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
 
 
 @dataclass(frozen=True)
@@ -87,7 +110,12 @@ class GaussSeidel:
     """Primal (activity) step(s), then the dual (error, multiplier) update with new residuals.
 
     The residual computed for the dual update is exactly the one the next primal step needs,
-    so it is carried over: one network pass per primal step.
+    so it is carried over: one network pass per primal step. The step updates its carry in
+    place (buffer donation: the caller must not keep a carry it has passed in; take
+    :meth:`snapshot` first), which leaves ~15 kernels and no allocation per primal step:
+
+        g = lam + rho e;  back = g[1:] W (batched);  h -= c_h (g - g[1:] - s_mid phi' back)
+        h_H -= c_h s_out phi'(h_H) (y_hat - y) W_L;  a = phi(h);  r = h - pred(h);  lam += c r
     """
     dyn: Dynamics
     dt: Scalar
@@ -96,25 +124,91 @@ class GaussSeidel:
     final_dual: bool = True
 
     def init(self, S: torch.Tensor, p: Params) -> GSCarry:
+        """A carry of its own (S is copied): the caller's tensor is never modified."""
         p.check_current()
-        return GSCarry(S, self.dyn.residuals(S, p))
+        S = S.clone()
+        resid = self.dyn.residuals(S, p)
+        return GSCarry(S, resid.r, resid.a, resid.y_hat - p.y, p.y)
 
     def state(self, carry: GSCarry) -> torch.Tensor:
         return carry.S
 
+    def snapshot(self, carry: GSCarry) -> GSCarry:
+        return carry.clone()
+
     def step(self, carry: GSCarry, p: Params, last: bool = False) -> GSCarry:
-        dyn, dt, k = self.dyn, self.dt, p.rates
-        S, resid = carry.S.clone(), carry.resid
-        c_h = dt * k.k_h
+        dyn, k = self.dyn, p.rates
         for _ in range(self.inner_steps):
-            axpy_(S[POP_H], dyn.activity_gradient(S, resid, p), -c_h)
-            resid = dyn.residuals(S, p)
+            self._primal(carry, p, self.dt * k.k_h)
+            self._network_pass(carry, p)
         if self.final_dual or not last:
-            if dyn.leaky:
-                axpy_(S[POP_ERR], resid.r - S[POP_ERR], dt * k.k_e)
-            if _nonzero(k.k_lam):
-                axpy_(S[POP_LAM], dyn.error(S, resid), dt * k.k_lam)
-        return GSCarry(S, resid)
+            S = carry.S
+            if dyn.leaky:                                   # e += c_e (r - e)
+                c_e = self.dt * k.k_e
+                axpy_(S[POP_ERR], S[POP_ERR], -c_e)
+                axpy_(S[POP_ERR], carry.r, c_e)
+            if _nonzero(k.k_lam):                           # lam += c_lam e
+                axpy_(S[POP_LAM], S[POP_ERR] if dyn.leaky else carry.r, self.dt * k.k_lam)
+        return carry
+
+    def _primal(self, c: GSCarry, p: Params, c_h: Scalar) -> None:
+        """h -= c_h dL/dh (spec section 2), in place, from the carried network pass."""
+        net, w = self.dyn.net, p.weights
+        S, g = c.S, c.g
+        h, lam = S[POP_H], S[POP_LAM]
+        err = S[POP_ERR] if self.dyn.leaky else c.r
+        rho = p.rates.rho
+        if isinstance(rho, torch.Tensor):
+            torch.addcmul(lam, err, rho, out=g)             # g = lam + rho e
+        else:
+            torch.add(lam, err, alpha=rho, out=g)
+        d = self._slope(c, h)
+        torch.bmm(c.out_err, w.w_out, out=c.fb_out)         # (y_hat - y) W_L
+        if d is not None:
+            c.fb_out.mul_(d[-1])
+        axpy_(h, g, -c_h)                                   # h -= c_h g
+        axpy_(h[-1], c.fb_out, -c_h * net.s_out)            # output term on the top layer
+        if net.n_hidden > 1:
+            back = c.back
+            torch.bmm(_flat(g[1:]), _flat(w.w_mid), out=_flat(back))   # g_{l+1} W_{l+1}
+            axpy_(h[:-1], g[1:], c_h)                       # + c_h J^T g: identity part
+            if d is None:
+                axpy_(h[:-1], back, c_h * net.s_mid)
+            elif isinstance(c_h, torch.Tensor):
+                h[:-1].addcmul_(back, d[:-1] * (c_h * net.s_mid))
+            else:
+                h[:-1].addcmul_(back, d[:-1], value=c_h * net.s_mid)
+
+    def _slope(self, c: GSCarry, h: torch.Tensor):
+        """phi'(h) (a mask for relu, None for linear) into a reused buffer."""
+        act = self.dyn.net.activation
+        if act == "linear":
+            return None
+        if c.mask is None:
+            c.mask = torch.empty(h.shape, device=h.device,
+                                 dtype=torch.bool if act == "relu" else h.dtype)
+        if act == "relu":
+            return torch.gt(h, 0, out=c.mask)
+        return torch.addcmul(torch.ones((), device=h.device, dtype=h.dtype), c.a, c.a,
+                             value=-1, out=c.mask)        # 1 - tanh(h)^2
+
+    def _network_pass(self, c: GSCarry, p: Params) -> None:
+        """a = phi(h), r = h - pred(h), y_hat - y: in place, one batched product per pass."""
+        net, w = self.dyn.net, p.weights
+        h = c.S[POP_H]
+        if net.activation == "relu":
+            torch.clamp(h, min=0, out=c.a)
+        elif net.activation == "tanh":
+            torch.tanh(h, out=c.a)
+        else:
+            c.a.copy_(h)
+        torch.sub(h[0], p.drive, out=c.r[0])
+        if net.n_hidden > 1:
+            torch.sub(h[1:], h[:-1], out=c.r[1:])
+            _flat(c.r[1:]).baddbmm_(_flat(c.a[:-1]), _flat(w.w_mid).transpose(1, 2),
+                                    alpha=-net.s_mid)
+        torch.baddbmm(p.y, c.a[-1], w.w_out.transpose(1, 2), beta=-1, alpha=net.s_out,
+                      out=c.out_err)
 
 
 def _nonzero(c: Scalar) -> bool:
