@@ -10,11 +10,10 @@ Terms (``s`` = 4 or 8 bytes for float32 / float64; ``W = N·D + (L−2)·N² + O
 ``P = 3`` populations with leaky error neurons, else 2; one state is ``P·H·B·N`` values):
 
 ==========================  ====================================================================
-weights                     ``W·(8 + s)``: the float64 initial copy and the model's copy
+weights                     ``W·(8 + 4s)``: the float64 initial copy, the model's copy, and
+                            at each record step the read-out dL/dW and its alignment temporaries
 BP reference                ``2·W·s + 4·H·B·N·s``: BP gradients, the autograd leaves, the
                             forward activations and the adjoints
-weight read-out             ``3·W·s``: the estimate dL/dW and the alignment temporaries of each
-                            record step
 state                       ``P·H·B·N·s``
 solver temporaries          ``(stages + 3)`` states: the Runge-Kutta stages (1 for the
                             Gauss-Seidel schemes) and the step's residuals and predictions
@@ -130,9 +129,8 @@ def estimate(cfg: Config) -> list[Term]:
     size = f"lower {max(blocks, key=blocks.get)}"
     every = f"raise record.every (now {cfg.record.every})"
     terms = [
-        Term("weights", W * (8 + s), size),
+        Term("weights", W * (8 + 4 * s), size),
         Term("BP reference", 2 * W * s + 4 * H * B * N * s, f"{size}, or data.batch_size"),
-        Term("weight read-out", 3 * W * s, size),
         Term("state", state, "lower data.batch_size, network.width or network.depth"),
         Term("solver temporaries", (stages + 3) * state,
              f"lower data.batch_size, network.width or network.depth, or pick a scheme with "
