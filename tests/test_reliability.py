@@ -649,7 +649,7 @@ def test_stale_temporary_of_a_run_is_removed(tmp_path, capsys):
     dead = tmp_path / f"r.nc.tmp-{_dead_pid()}"
     dead.write_bytes(b"half a file")
     code, err = cli(simulate_main, [_write(tmp_path, BASE), "--out", out, "--quiet"], capsys)
-    assert code == 0 and out.exists() and not dead.exists()
+    assert code == 0 and out.exists() and not dead.exists(), err
 
 
 # ======================================================================= 10: signals
@@ -721,7 +721,8 @@ sys.exit(cli.run_main("ctpc", body))
 
 @pytest.mark.parametrize("name, code, word", [("SIGINT", 130, "interrupted"),
                                               ("SIGTERM", 143, "terminated")],
-                         ids=["10:SIGINT in a weakref callback", "10:SIGTERM in a weakref callback"])
+                         ids=["10:SIGINT in a weakref callback",
+                              "10:SIGTERM in a weakref callback"])
 def test_signal_inside_a_callback_is_not_lost(name, code, word):
     """10: a signal whose exception Python would drop ("Exception ignored in ...") is delivered
     again: the command still stops, in one line."""

@@ -11,6 +11,7 @@ there fails within seconds, not after the 20 s connection timeout.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import socket
@@ -87,7 +88,7 @@ def _probe(address: str, host: str, port: int) -> None:
                           f"{host}:{port}. Start one with `dask scheduler` (and workers with "
                           "`dask worker ADDRESS`) and pass the address it prints, or leave out "
                           "--scheduler to run on a local cluster") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:      # socket.timeout is TimeoutError since Python 3.10
         raise ConfigError(f"--scheduler {address}: no answer from {host}:{port} within "
                           f"{PROBE_TIMEOUT_S:g} s (a firewall, or the wrong host)") from None
     except OSError as exc:      # unknown host name, network unreachable
@@ -155,7 +156,7 @@ def import_brian2_in_worker() -> None:
     if "brian2" in sys.modules:
         return
     if threading.current_thread() is threading.main_thread():
-        import brian2  # noqa: F401
+        importlib.import_module("brian2")
         return
     real_signal = signal.signal
 
@@ -167,7 +168,7 @@ def import_brian2_in_worker() -> None:
     with _BRIAN2_LOCK:
         signal.signal = main_thread_only
         try:
-            import brian2  # noqa: F401
+            importlib.import_module("brian2")
         finally:
             signal.signal = real_signal
 

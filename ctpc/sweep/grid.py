@@ -143,8 +143,9 @@ def cell_key(cfg: Config, cache: dict | None = None) -> str:
 
 def input_digests(cfg: Config, cache: dict | None = None) -> dict[str, str]:
     """SHA-256 of each input file the config names: ``network.weights``, and ``data.path`` (an
-    .npz file; for ``data.source: idx`` the directory's IDX files, names and bytes; see IDX_FILE_PREFIXES). ``cache``: digests already computed, by file list (one plan's cells share
-    their files; a new plan reads them again, so a file rewritten in between is seen)."""
+    .npz file; for ``data.source: idx`` the directory's IDX files, names and bytes; see
+    IDX_FILE_PREFIXES). ``cache``: digests already computed, by file list (one plan's cells
+    share their files; a new plan reads them again, so a file rewritten in between is seen)."""
     cache = {} if cache is None else cache
     out = {}
     if cfg.data.path is not None:
