@@ -8,11 +8,20 @@ Exit codes (the same for every command):
     2    bad configuration, arguments or input file: the message names the key or file and the fix
     3    the run diverged; what it computed up to then is written
     130  interrupted (Ctrl-C / SIGINT); what was finished is kept
+    143  terminated (SIGTERM, e.g. from kill or a batch scheduler); handled like Ctrl-C
+
+An interrupt or SIGTERM prints one line, no traceback. The file being written is never left
+truncated: writes go to ``NAME.tmp-PID`` and are renamed at the end; the temporary is removed on
+the way out, or by the next run of the same output when the process was killed (SIGKILL).
 """
 from __future__ import annotations
 
+import _thread
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import types
 import warnings
 from pathlib import Path
@@ -21,8 +30,66 @@ from typing import Callable
 from .config import ConfigError
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 128 + signal.SIGTERM      # 143, the shell's convention for "killed by TERM"
 EXIT_CODES_EPILOG = ("Exit codes: 0 ok, 1 unexpected error, 2 bad configuration or input, "
-                     "3 diverged, 130 interrupted.")
+                     "3 diverged, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt. A subclass of it, so
+    every cleanup written for Ctrl-C (the temporary of a file being written, a local Dask
+    cluster, progress bars) also runs for SIGTERM."""
+
+
+REDELIVERY_DELAY_S = 0.01
+
+
+class _Signals:
+    terminating = False      # a Terminated is on its way up: further SIGTERMs let cleanup run
+    previous_hook = staticmethod(sys.__unraisablehook__)
+
+
+def _raise_terminated(signum, frame):
+    if _Signals.terminating:
+        return
+    _Signals.terminating = True
+    raise Terminated()
+
+
+def _redeliver_dropped_interrupts(unraisable) -> None:
+    """Python drops (prints as "Exception ignored in ...") an exception raised inside a weakref
+    callback or ``__del__``, and a signal handler runs wherever the main thread happens to be:
+    a Ctrl-C or SIGTERM that lands there would be lost and the run would go on (seen with
+    Brian2, whose set-up runs many weakref callbacks). Deliver the signal again instead, from
+    a timer thread a moment later, so that it is handled once the callback has returned (if it
+    lands in another such callback, it comes back here)."""
+    exc = unraisable.exc_value
+    if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, Terminated):
+            _Signals.terminating = False
+        signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        timer = threading.Timer(REDELIVERY_DELAY_S, _thread.interrupt_main, args=(signum,))
+        timer.daemon = True
+        timer.start()
+    else:
+        _Signals.previous_hook(unraisable)
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    """SIGTERM raises Terminated like Ctrl-C raises KeyboardInterrupt; neither can be lost in a
+    callback whose exceptions Python drops. Main thread only (where signals are handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver_dropped_interrupts
+    _Signals.terminating, _Signals.previous_hook = False, previous_hook
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
 
 
 def add_run_arguments(p: argparse.ArgumentParser, *, out_help: str) -> None:
@@ -53,17 +120,22 @@ def _print_warning(message, category, filename, lineno, file=None, line=None):
 
 def run_main(prog: str, body: Callable[[], int]) -> int:
     """Run a command's body with the shared error handling: ConfigError -> its message and
-    exit 2; Ctrl-C -> one line and exit 130; user warnings as one plain line each."""
-    with warnings.catch_warnings():   # the warning display is restored on return
+    exit 2; Ctrl-C -> one line and exit 130; SIGTERM -> one line and exit 143; user warnings as
+    one plain line each."""
+    with warnings.catch_warnings(), _signals_as_interrupts():   # both restored on return
         warnings.showwarning = _print_warning
         try:
             return body()
         except ConfigError as exc:
             say(prog, str(exc))
             return EXIT_CONFIG
+        except Terminated:
+            say(prog, "terminated (SIGTERM); finished work is kept, no partial file is left "
+                      "(rerun the same command to continue where it applies)")
+            return EXIT_TERMINATED
         except KeyboardInterrupt:
-            say(prog, "interrupted; finished work is kept (rerun the same command to "
-                      "continue where it applies)")
+            say(prog, "interrupted; finished work is kept, no partial file is left (rerun the "
+                      "same command to continue where it applies)")
             return EXIT_INTERRUPTED
 
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .schemes import SCHEME_NAMES, SCHEMES
 
@@ -27,6 +27,8 @@ Activation = Literal["linear", "tanh", "relu"]
 Scheme = Literal[SCHEME_NAMES]
 Variable = Literal["h", "lam", "err", "credit"]
 ALL_VARIABLES: tuple[str, ...] = ("h", "lam", "err", "credit")
+# Integers stored as attributes of the output file (seed, steps) must fit netCDF's int64.
+INT64_MAX = 2 ** 63 - 1
 
 
 class ConfigError(ValueError):
@@ -37,6 +39,20 @@ class _Strict(BaseModel):
     # extra="forbid": a typo in a key is an error, never silently ignored.
     # allow_inf_nan=False: .inf/.nan are refused unless a field allows them explicitly.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads true/false as 1/0: `steps: true` would run one step.
+        if isinstance(value, bool) and _numeric_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+        return value
+
+
+def _numeric_only(annotation: Any) -> bool:
+    """A field that takes numbers (int or float, optionally None or a literal) but no bool."""
+    args = get_args(annotation) or (annotation,)
+    return bool({int, float} & set(args)) and bool not in args
 
 
 class NetworkConfig(_Strict):
@@ -118,9 +134,9 @@ class DynamicsConfig(_Strict):
 class IntegratorConfig(_Strict):
     scheme: Scheme = "semi_implicit"
     dt: float = Field(1.0, gt=0, description="time step (ms)")
-    steps: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1, le=INT64_MAX)
     t_end: float | None = Field(None, gt=0, description="ms; alternative to steps")
-    budget: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+    budget: Annotated[int, Field(ge=1, le=INT64_MAX)] | Literal["auto"] | None = Field(
         None, description="discrete only: inference budget T; 'auto' = 2L")
     inner_steps: int = Field(1, ge=1, description="discrete only: primal steps per dual step")
     weight_credit_timing: Literal["pre_dual", "post_dual"] = "pre_dual"
@@ -147,15 +163,19 @@ class IntegratorConfig(_Strict):
         if self.scheme != "discrete" and discrete_only:
             raise ValueError(f"integrator.{discrete_only[0]} applies only to scheme 'discrete' "
                              f"(scheme is {self.scheme!r}); remove it or set scheme: discrete")
-        if self.budget not in (None, "auto") and \
-                self.n_steps_from_length() not in (None, self.budget):
-            raise ValueError(f"integrator.budget ({self.budget}) and steps/t_end "
-                             f"({self.n_steps_from_length()}) disagree; give one of them")
         if self.t_end is not None:
+            if not self.t_end / self.dt <= INT64_MAX:      # also catches inf
+                raise ValueError(f"integrator.t_end / integrator.dt ({self.t_end:g} / "
+                                 f"{self.dt:g}) is too many steps to count; raise dt or "
+                                 "lower t_end")
             n = round(self.t_end / self.dt)
             if n < 1 or not math.isclose(n * self.dt, self.t_end, rel_tol=1e-9):
                 raise ValueError(f"integrator.t_end ({self.t_end}) must be a positive multiple "
                                  f"of integrator.dt ({self.dt})")
+        if self.budget not in (None, "auto") and \
+                self.n_steps_from_length() not in (None, self.budget):
+            raise ValueError(f"integrator.budget ({self.budget}) and steps/t_end "
+                             f"({self.n_steps_from_length()}) disagree; give one of them")
         return self
 
     def n_steps_from_length(self) -> int | None:
@@ -244,15 +264,19 @@ class Brian2Config(_Strict):
 class Config(_Strict):
     name: str = ""
     description: str = ""
-    seed: int = Field(0, ge=0, description="weights, data order, synthetic data")
+    seed: int = Field(0, ge=0, le=INT64_MAX, description="weights, data order, synthetic data")
     dtype: Literal["float32", "float64"] = "float32"
     device: Literal["cpu", "cuda", "auto"] = "auto"
     backend: Literal["torch", "brian2"] = "torch"
     output: Path | None = None
+    memory_limit_gb: float | None = Field(
+        None, gt=0, description="refuse runs whose estimated memory exceeds this many GiB; "
+                                "null = half of the machine's physical memory")
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     dynamics: DynamicsConfig = Field(default_factory=DynamicsConfig)
-    integrator: IntegratorConfig = Field(default_factory=lambda: IntegratorConfig(steps=100))
+    # No default: a config without a run length is an error, an empty one included.
+    integrator: IntegratorConfig
     record: RecordConfig = Field(default_factory=RecordConfig)
     brian2: Brian2Config = Field(default_factory=Brian2Config, description="Brian2 backend options")
     training: TrainingConfig | None = Field(

@@ -81,7 +81,8 @@ class GSCarry:
     that :meth:`GaussSeidel.step` updates in place (no allocation per step).
 
     S [P, H, R, B, N]; r [H, R, B, N] residuals; a = phi(h); out_err = y_hat - y [R, B, O];
-    scratch buffers for the credit, the back-projected credit and the output feedback."""
+    scratch buffers for the credit, the back-projected credit (also the predictions of the
+    network pass) and the output feedback."""
 
     def __init__(self, S: torch.Tensor, r: torch.Tensor, a: torch.Tensor, out_err: torch.Tensor,
                  y: torch.Tensor):
@@ -204,9 +205,11 @@ class GaussSeidel:
             c.a.copy_(h)
         torch.sub(h[0], p.drive, out=c.r[0])
         if net.n_hidden > 1:
-            torch.sub(h[1:], h[:-1], out=c.r[1:])
-            _flat(c.r[1:]).baddbmm_(_flat(c.a[:-1]), _flat(w.w_mid).transpose(1, 2),
-                                    alpha=-net.s_mid)
+            # pred = h + s_mid a W^T by the same kernel as the feed-forward pass, so a layer the
+            # credit has not reached keeps r = 0 exactly (not round-off noise)
+            torch.baddbmm(_flat(h[:-1]), _flat(c.a[:-1]), _flat(w.w_mid).transpose(1, 2),
+                          alpha=net.s_mid, out=_flat(c.back))
+            torch.sub(h[1:], c.back, out=c.r[1:])
         torch.baddbmm(p.y, c.a[-1], w.w_out.transpose(1, 2), beta=-1, alpha=net.s_out,
                       out=c.out_err)
 

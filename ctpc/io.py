@@ -142,34 +142,40 @@ def remove_stale_temporaries(path: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def check_output_path(path: str | Path, what: str = "--out") -> Path:
+def check_output_path(path: str | Path, what: str = "--out", *, create: bool = True) -> Path:
     """Check, before any work, that ``path`` can be written: not empty, not a directory, its
-    parent a (creatable) writable directory. Creates the parent; removes stale temporaries of
-    an earlier killed write of the same file. Raises :class:`OutputError` naming the fix."""
+    parent a (creatable) writable directory. With ``create`` (a run), creates the parent and
+    removes stale temporaries of an earlier killed write of the same file; without (a dry run),
+    changes nothing. Raises :class:`OutputError` naming the fix."""
     if str(path).strip() == "":
         raise OutputError(f"{what}: empty path; give a file name such as runs/run.nc")
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{what} {str(path)!r} is a directory; give a file path inside it, "
                           f"e.g. {str(path / 'run.nc')!r}")
+    existing = path.parent
     for parent in [path.parent, *path.parent.parents]:
         if parent.exists():
             if not parent.is_dir():
                 raise OutputError(f"{what} {str(path)!r}: {str(parent)!r} is a file, not a "
                                   "directory; choose another output path")
+            existing = parent
             break
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{what} {str(path)!r}: cannot create its directory "
-                          f"({exc.strerror}); choose a writable location") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{what} {str(path)!r}: directory {str(path.parent)!r} is not "
+    if create:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{what} {str(path)!r}: cannot create its directory "
+                              f"({exc.strerror}); choose a writable location") from None
+        existing = path.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {str(path)!r}: directory {str(existing)!r} is not "
                           "writable; choose a writable location or fix its permissions")
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError(f"{what} {str(path)!r} exists and is read-only; remove it or choose "
                           "another output path")
-    remove_stale_temporaries(path)
+    if create:
+        remove_stale_temporaries(path)
     return path
 
 
@@ -206,7 +212,7 @@ def open_results(path: str | Path) -> xr.Dataset:
                            "wrote")
     try:
         return xr.open_dataset(path, engine="netcdf4")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ResultsError(f"{str(path)!r} is not a readable netCDF file (truncated, corrupt or "
                            f"another format: {exc}); rerun the command that wrote it") from None
 

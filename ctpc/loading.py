@@ -13,8 +13,24 @@ from pydantic import ValidationError
 
 from . import data as data_mod
 from .config import Config, ConfigError, layer_shapes
+from .memory import check_memory, check_trace_size
 from .network import check_weights_file
 from .stepsize import resolve_auto_step
+
+
+# Hints for required keys that are missing (pydantic says only "Field required").
+MISSING_HINTS = {
+    "integrator": "the run length is missing: add integrator: {steps: N} (or t_end in ms; for "
+                  "scheme discrete, budget)",
+}
+
+
+def _looks_like_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _format_validation_error(err: ValidationError, where: str) -> str:
@@ -22,9 +38,14 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
+        got = e.get("input")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the config reference in README.md)"
-        got = e.get("input")
+        elif path in MISSING_HINTS and (e["type"] == "missing" or got is None):
+            msg = MISSING_HINTS[path]
+        elif e["type"] == "int_parsing" and isinstance(got, str) and _looks_like_float(got):
+            msg += (f" (YAML reads {got} without a decimal point as text; write the integer "
+                    "out in full, e.g. 1000000)")
         got_txt = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) \
             else f" (got {got!r})"
         lines.append(f"  - {path}: {msg}{got_txt}")
@@ -40,7 +61,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"--set {text!r}: empty key path; expected e.g. network.width=64")
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.load(raw, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML ({exc})") from None
     return key.split("."), value
@@ -66,16 +87,52 @@ def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any] | None) -> 
     return raw
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` keeps the last of two equal keys and drops the first without a word
+    (a second ``integrator:`` section would replace the first); this loader refuses it."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:      # an unhashable key: the base class reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"found the key {key!r} twice; keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict:
+    """A config file as a dict; every way of failing to read it is a ConfigError naming it."""
+    if str(path).strip() == "":
+        raise ConfigError("config file: empty path; give a YAML file such as "
+                          "models/pcalm_deep.yaml")
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a directory; give a YAML file, e.g. "
+                          f"one of the models in it")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not a UTF-8 text file (a binary or "
+                          "another encoding); give a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({exc.strerror}); check "
+                          "its permissions") from None
+    try:
+        raw = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if raw is None:
-        raw = {}
+        raise ConfigError(f"config file {str(path)!r} is empty; a config needs at least the run "
+                          "length, e.g. integrator: {steps: 100}")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
     return raw
@@ -135,6 +192,9 @@ def resolve(cfg: Config) -> Config:
     if cfg.integrator.budget == "auto":
         cfg.integrator.budget = 2 * cfg.network.depth      # the paper's T = 2L
     _check_record(cfg)
+    # Sizes are known now: refuse what cannot fit before anything is allocated.
+    check_memory(cfg)
+    check_trace_size(cfg)
     if cfg.dynamics.needs_auto_step:
         cfg = resolve_auto_step(cfg)
     return cfg

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import Config, ConfigError
+from .config import Config
 from .dynamics import POP_H, POP_LAM, Dynamics, Params
+from .memory import check_trace_size
 from .network import Weights, rms_norm
 from .reference import BPReference
 from .results import SERIES_LAYER, SERIES_SCALAR, SERIES_WEIGHT, RunResult
@@ -45,6 +46,9 @@ def record_steps(n_steps: int, every: int) -> np.ndarray:
 
 
 def plan_recording(cfg: Config) -> RecordPlan:
+    # The size check is arithmetic on the config: it runs before the array of record steps is
+    # built, which for a huge integrator.steps would itself not fit.
+    check_trace_size(cfg)
     rec = cfg.record
     pick = lambda sel, n, base: (np.arange(base, base + n) if sel == "all" else np.asarray(sel))
     plan = RecordPlan(
@@ -55,21 +59,7 @@ def plan_recording(cfg: Config) -> RecordPlan:
         variables=tuple(rec.variables),
         all_layers=rec.layers == "all", all_samples=rec.samples == "all",
         all_units=rec.units == "all")
-    check_size(cfg, plan)
     return plan
-
-
-def check_size(cfg: Config, plan: RecordPlan) -> None:
-    itemsize = 4 if cfg.dtype == "float32" else 8
-    mb = plan.trace_bytes(itemsize) / 2**20
-    if mb > cfg.record.max_mb:
-        t, l, s, u = plan.trace_shape
-        raise ConfigError(
-            f"record: the traces would take {mb:,.0f} MB ({t} times x {l} layers x {s} samples x "
-            f"{u} units x {len(plan.variables)} variables x {itemsize} bytes), above "
-            f"record.max_mb = {cfg.record.max_mb:g}. Shrink it: record.every (now "
-            f"{cfg.record.every}), a subset in record.layers / record.samples / record.units, "
-            f"fewer record.variables, or raise record.max_mb.")
 
 
 def _per_weight(fn, est: Weights, ref: Weights) -> torch.Tensor:

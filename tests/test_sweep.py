@@ -274,3 +274,104 @@ def _write(tmp_path, raw) -> str:
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw))
     return str(path)
+
+
+# ----------------------------------------------------------------------------- Brian2 cells
+# `import brian2` installs a SIGINT handler with signal.signal, which Python allows only in the
+# main thread; Dask runs tasks in worker threads. ctpc.sweep.cluster.import_brian2_in_worker
+# imports it there without that handler (see its docstring).
+BRIAN2_SWEEP = {**BASE, "name": "b2_sweep", "backend": "brian2",
+                "integrator": {"scheme": "euler", "dt": 1.0, "steps": 6},
+                "dynamics": {"method": "pcalm", "rho": 1.0, "tau_h": 4.0, "tau_lambda": 1.0},
+                "data": {"source": "synthetic", "batch_size": 2},
+                "brian2": {"target": "numpy"}, "sweep": {"seed": [0, 1]}}
+
+
+def _check_brian2_cells(ds):
+    assert list(ds.status.values) == ["ok", "ok"], ds.error.values
+    for seed in (0, 1):
+        direct = {k: v for k, v in BRIAN2_SWEEP.items() if k != "sweep"}
+        direct = ctpc.simulate({**direct, "seed": seed})       # main thread, same numpy code
+        assert direct.attrs["backend"] == "brian2"
+        cell = select_cell(ds, {"seed": seed})
+        np.testing.assert_array_equal(cell.credit_norm.values, direct.credit_norm.values)
+        np.testing.assert_array_equal(cell.bp_cos.values, direct.bp_cos.values)
+
+
+def test_brian2_sweep_on_an_in_process_threaded_client(tmp_path):
+    """Two worker threads in this process: Brian2 is imported in a task thread, and its cells
+    (global Brian2 state) run one at a time."""
+    from distributed import Client
+
+    with Client(processes=False, n_workers=2, threads_per_worker=1,
+                dashboard_address=None) as client:
+        ds = run_sweep(BRIAN2_SWEEP, out=tmp_path / "b2t.nc", client=client, progress=False)
+    _check_brian2_cells(ds)
+
+
+def test_brian2_sweep_on_the_default_local_cluster(tmp_path):
+    """Worker processes (the default for python -m ctpc.sweep): Brian2 imported in the task
+    thread of a worker process."""
+    ds = run_sweep(BRIAN2_SWEEP, out=tmp_path / "b2p.nc", n_workers=1, progress=False)
+    _check_brian2_cells(ds)
+
+
+def test_brian2_import_from_a_thread_skips_only_the_signal_handler():
+    """In a fresh interpreter (Brian2 not yet imported): the import from a thread succeeds,
+    installs no SIGINT handler, and leaves signal.signal itself unchanged."""
+    code = (
+        "import signal, sys, threading\n"
+        "from ctpc.sweep.cluster import import_brian2_in_worker\n"
+        "real, before = signal.signal, signal.getsignal(signal.SIGINT)\n"
+        "errors = []\n"
+        "def work():\n"
+        "    try:\n"
+        "        import_brian2_in_worker()\n"
+        "    except BaseException as exc:\n"
+        "        errors.append(exc)\n"
+        "t = threading.Thread(target=work); t.start(); t.join()\n"
+        "assert not errors, errors\n"
+        "assert 'brian2' in sys.modules\n"
+        "assert signal.getsignal(signal.SIGINT) is before\n"
+        "assert signal.signal is real\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_sigterm_stops_a_sweep_cleanly(tmp_path):
+    """SIGTERM to `python -m ctpc.sweep` (as a batch scheduler sends it) after the first cell
+    file appears: one line, exit 143, the finished cells kept, no combined or temporary file,
+    and the local cluster's worker processes shut down with it."""
+    raw = with_sweep({"seed": [0, 1, 2], "integrator.steps": [10, 10000]},
+                     record={"every": 1000, "samples": [0]})
+    cfg = tmp_path / "term.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "term.nc"
+    cells = out.with_suffix(".cells")
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "ctpc.sweep", str(cfg), "--out", str(out),
+                             "--workers", "1", "--quiet"], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (cells.exists() and any(cells.glob("*.nc"))):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no cell file appeared; sweep stderr:\n{proc.communicate()[1]}")
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)                  # the client process only
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("ctpc.sweep: terminated"), err
+    _wait_group_gone(proc.pid, timeout=30)            # the workers went with it
+    assert any(cells.glob("*.nc")) and not out.exists()
+    assert not list(tmp_path.rglob("*.tmp-*"))
+    for path in cells.glob("*.nc"):
+        with ctpc.open_results(path) as cell:
+            assert cell.attrs["status"] == "ok"

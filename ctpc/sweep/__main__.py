@@ -2,8 +2,8 @@
 
 Exit codes: 0 every cell ok or diverged (diverged cells are results), 1 some cells crashed
 (the combined file is still written; rerun the same command to retry them) or an unexpected
-error, 2 bad configuration or arguments, 130 interrupted (finished cells are kept; rerun to
-resume).
+error, 2 bad configuration, arguments, output path or scheduler address, 130 interrupted
+(Ctrl-C) and 143 terminated (SIGTERM): finished cells are kept; rerun to resume.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 
 from .. import cli
 from . import plan_sweep, run_sweep
+from .cluster import check_scheduler_address
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = (
     cli.EXIT_OK, cli.EXIT_ERROR, cli.EXIT_CONFIG, cli.EXIT_INTERRUPTED)
@@ -24,13 +25,14 @@ def parser() -> argparse.ArgumentParser:
                     "write one netCDF dataset whose sweep keys are dimensions. Resumable: "
                     "rerunning with the same output skips the cells already done.",
         epilog="Exit codes: 0 ok (cells ok or diverged), 1 some cells crashed (rerun to retry), "
-               "2 bad configuration, 130 interrupted (rerun to resume).")
+               "2 bad configuration, output path or scheduler address, 130 interrupted "
+               "(Ctrl-C), 143 terminated (SIGTERM); rerun to resume.")
     p.add_argument("config", help="model YAML with a sweep: section")
     p.add_argument("--out", help="combined .nc path (default: config 'output', else "
                                  "runs/NAME.nc); per-cell files go to OUT without .nc + .cells/")
     p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="use a running Dask cluster, e.g. tcp://10.0.0.5:8786 (default: start "
-                        "a local cluster)")
+                   help="use a running Dask cluster, e.g. tcp://10.0.0.5:8786 (schemes: tcp, "
+                        "tls, ucx, inproc, ws, wss; default: start a local cluster)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="local cluster size (default: one process per core, at most one per "
                         "cell)")
@@ -50,11 +52,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> int:
     if args.dry_run:
+        if args.scheduler is not None:
+            check_scheduler_address(args.scheduler)
         plan = plan_sweep(args.config, args.overrides, out=args.out)
         for cell in plan.cells:
-            state = "done" if cell.key in plan.done else "to run"
-            print(f"{cell.key}  {state:6}  {cell.label}")
-        print(f"{len(plan.cells)} cells, {len(plan.done)} done; output {plan.out}, "
+            print(f"{cell.key}  {plan.state(cell):6}  {cell.label}")
+        damaged = f", {len(plan.damaged)} damaged (will rerun)" if plan.damaged else ""
+        print(f"{len(plan.cells)} cells, {len(plan.done)} done{damaged}; output {plan.out}, "
               f"cells in {plan.cells_dir}")
         return EXIT_OK
     ds = run_sweep(args.config, args.overrides, out=args.out, scheduler=args.scheduler,

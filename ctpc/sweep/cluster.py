@@ -4,17 +4,96 @@ Local (default): ``LocalCluster(processes=True, threads_per_worker=1)`` with one
 per core (or ``n_workers``), never more workers than cells. Each cell is one task; parallelism is
 across cells, so torch gets one thread per task (Dask also sets OMP_NUM_THREADS=1 in workers).
 Remote: ``Client("tcp://host:8786")`` to a cluster started by hand (``dask scheduler`` and
-``dask worker tcp://host:8786 --nthreads 1`` on each machine; see README "Sweeps").
+``dask worker tcp://host:8786 --nthreads 1`` on each machine; see README "Sweeps"). The address
+is checked before anything starts (:func:`check_scheduler_address`), and a scheduler that is not
+there fails within seconds, not after the 20 s connection timeout.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import signal
+import socket
+import sys
+import threading
 
 import dask
 import xarray as xr
 
 from ..config import ConfigError
+
+# The comm schemes distributed can connect a client over (distributed.comm.registry: tcp and
+# tls always; inproc for a scheduler in this process; ucx and ws/wss with extra packages).
+SCHEDULER_SCHEMES = ("tcp", "tls", "ucx", "inproc", "ws", "wss")
+EXAMPLE_ADDRESS = "tcp://10.0.0.5:8786"
+PROBE_TIMEOUT_S = 5.0      # a scheduler that does not accept a TCP connection by then is not up
+CONNECT_TIMEOUT = "20s"    # the Dask handshake after the TCP probe succeeded
+
+
+def check_scheduler_address(address: str) -> tuple[str, str, int | None]:
+    """Parse ``--scheduler``: ``SCHEME://HOST:PORT`` (IPv6 hosts in brackets) or ``HOST:PORT``
+    (tcp, distributed's default), or ``inproc://...``. Returns (scheme, host, port); raises
+    ConfigError naming the accepted forms."""
+    text = str(address).strip()
+    remote = [s for s in SCHEDULER_SCHEMES if s != "inproc"]
+    accepted = (f"accepted: SCHEME://HOST:PORT with SCHEME one of {', '.join(remote)} (e.g. "
+                f"{EXAMPLE_ADDRESS}, the address `dask scheduler` prints), or the inproc:// "
+                "address of a scheduler in this process")
+    if not text:
+        raise ConfigError(f"--scheduler: empty address; {accepted}")
+    scheme, sep, loc = text.rpartition("://")
+    if not sep:
+        scheme, loc = "tcp", text
+    scheme = scheme.lower()
+    if scheme in ("http", "https"):
+        raise ConfigError(f"--scheduler {text}: {scheme}:// is the dashboard's web address, not "
+                          f"the scheduler's; use the scheduler's own address, by default port "
+                          f"8786 ({EXAMPLE_ADDRESS}); {accepted}")
+    if scheme not in SCHEDULER_SCHEMES:
+        raise ConfigError(f"--scheduler {text}: unknown scheme {scheme!r}; {accepted}")
+    if scheme == "inproc":
+        if not loc:
+            raise ConfigError(f"--scheduler {text}: empty inproc address; {accepted}")
+        return scheme, loc, None
+    if loc.startswith("["):                              # [IPv6]:port
+        host, close, rest = loc[1:].partition("]")
+        port_text = rest[1:] if close and rest.startswith(":") else ""
+    else:
+        host, _, port_text = loc.rpartition(":")
+    if not host or "/" in host:
+        given = f"after {scheme}://" if sep else "(no SCHEME:// given, so tcp:// is assumed)"
+        raise ConfigError(f"--scheduler {text}: expected HOST:PORT {given}; {accepted}")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"--scheduler {text}: the port must be a number 1 .. 65535 (the "
+                          f"scheduler's default is 8786); {accepted}")
+    try:      # ucx and ws need optional packages: say so instead of a ValueError later
+        from distributed.comm.registry import get_backend
+        get_backend(scheme)
+    except (ValueError, ImportError) as exc:
+        raise ConfigError(f"--scheduler {text}: the {scheme}:// transport is not available in "
+                          f"this installation ({exc}); use tcp:// or install its package") \
+            from None
+    return scheme, host, int(port_text)
+
+
+def _probe(address: str, host: str, port: int) -> None:
+    """Fail fast: distributed retries a refused connection until its timeout (20 s); one TCP
+    connect says at once whether anything listens there."""
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            pass
+    except ConnectionRefusedError:
+        raise ConfigError(f"--scheduler {address}: connection refused: no scheduler listens on "
+                          f"{host}:{port}. Start one with `dask scheduler` (and workers with "
+                          "`dask worker ADDRESS`) and pass the address it prints, or leave out "
+                          "--scheduler to run on a local cluster") from None
+    except TimeoutError:      # socket.timeout is TimeoutError since Python 3.10
+        raise ConfigError(f"--scheduler {address}: no answer from {host}:{port} within "
+                          f"{PROBE_TIMEOUT_S:g} s (a firewall, or the wrong host)") from None
+    except OSError as exc:      # unknown host name, network unreachable
+        raise ConfigError(f"--scheduler {address}: cannot reach {host}:{port} "
+                          f"({exc.strerror or exc})") from None
 
 
 def local_worker_count(n_cells: int, n_workers: int | None = None) -> int:
@@ -33,12 +112,15 @@ def dask_client(*, scheduler: str | None, n_workers: int, client=None):
         return
     from distributed import Client, LocalCluster
     if scheduler is not None:
+        scheme, host, port = check_scheduler_address(scheduler)
+        if port is not None and scheme != "ucx":
+            _probe(scheduler, host, port)
         try:
-            remote = Client(scheduler, timeout="20s")
-        except OSError as exc:
+            remote = Client(scheduler, timeout=CONNECT_TIMEOUT)
+        except (OSError, ValueError) as exc:     # TimeoutError is an OSError
             raise ConfigError(f"--scheduler {scheduler}: cannot connect ({exc}); start one with "
                               "`dask scheduler` and workers with `dask worker ADDRESS`, and "
-                              "pass the address it prints (tcp://host:8786)") from None
+                              f"pass the address it prints ({EXAMPLE_ADDRESS})") from None
         with remote:
             yield remote
         return
@@ -48,6 +130,49 @@ def dask_client(*, scheduler: str | None, n_workers: int, client=None):
         yield local
 
 
+# Brian2 keeps global state (preferences, device, clocks): one Brian2 cell at a time per
+# process, whatever the number of worker threads.
+_BRIAN2_LOCK = threading.Lock()
+
+
+def import_brian2_in_worker() -> None:
+    """Import Brian2 from a Dask task thread.
+
+    Root cause of "signal only works in main thread" in every brian2 cell: ``brian2/__init__.py``
+    ends with ``signal.signal(signal.SIGINT, _InterruptHandler(...))`` (a Ctrl-C handler that
+    stops a running simulation after the current step), and Python allows ``signal.signal``
+    only in the main thread. Dask runs tasks in worker threads: in the worker processes of a
+    local or remote cluster, and in the client's process for an in-process (threaded) client.
+    The import therefore raises, and every later attempt raises again.
+
+    The fix skips only that one call: during the import, ``signal.signal`` called from a thread
+    other than the main thread installs nothing and returns the current handler; calls from the
+    main thread go through unchanged. A worker then has no Brian2 Ctrl-C handler, which it does
+    not need (a worker is stopped by its nanny or the cluster, not by Ctrl-C, and ctpc turns that
+    handler off for its runs anyway: ``core.stop_on_keyboard_interrupt``). This works the same on
+    every kind of cluster with no worker plugin or preload to install. Importing Brian2 once in
+    each worker's main thread (a plugin) would not cover the in-process client, whose workers
+    have no main thread of their own."""
+    if "brian2" in sys.modules:
+        return
+    if threading.current_thread() is threading.main_thread():
+        importlib.import_module("brian2")
+        return
+    real_signal = signal.signal
+
+    def main_thread_only(signalnum, handler):
+        if threading.current_thread() is threading.main_thread():
+            return real_signal(signalnum, handler)
+        return signal.getsignal(signalnum)
+
+    with _BRIAN2_LOCK:
+        signal.signal = main_thread_only
+        try:
+            importlib.import_module("brian2")
+        finally:
+            signal.signal = real_signal
+
+
 def run_cell(config: dict, command: str | None = None) -> xr.Dataset:
     """The task each worker runs: simulate one cell and return its dataset, fully in memory
     (the client writes it, so workers need no shared file system)."""
@@ -55,10 +180,14 @@ def run_cell(config: dict, command: str | None = None) -> xr.Dataset:
 
     from .. import run
 
+    brian2 = config.get("backend") == "brian2"
+    if brian2:
+        import_brian2_in_worker()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        ds = run.simulate(config, command=command)
+        with _BRIAN2_LOCK if brian2 else contextlib.nullcontext():
+            ds = run.simulate(config, command=command)
         # Traces of a layer subset are lazily padded with dask; compute them here,
         # synchronously, never through the distributed scheduler from inside a task.
         with dask.config.set(scheduler="synchronous"):

@@ -29,6 +29,9 @@ from ..loading import load_config
 FORBIDDEN_KEYS = ("sweep", "output", "name")
 # Config keys that hold paths: made absolute so workers started elsewhere find the same file.
 PATH_KEYS = (("data", "path"), ("network", "weights"))
+# A data.path directory (data.source: idx) is hashed over its MNIST-format files of both splits
+# (train-*, t10k-*): a run may read the other split too (e.g. for normalisation).
+IDX_FILE_PREFIXES = ("train-", "t10k-")
 SCALAR_TYPES = (str, int, float, bool)
 
 
@@ -119,19 +122,67 @@ def _absolute_paths(raw: dict) -> dict:
     return raw
 
 
-def cell_key(cfg: Config) -> str:
-    """Hash of everything that determines the run (not its name/description/output)."""
+# Keys that do not change what a cell computes: left out of its hash. (memory_limit_gb only
+# decides whether a run may start.)
+NOT_HASHED = ("name", "description", "output", "sweep", "memory_limit_gb")
+
+
+def cell_key(cfg: Config, cache: dict | None = None) -> str:
+    """Hash of everything that determines the run (not its name/description/output): the
+    config, and the content of every input file it names (:func:`input_digests`), so a data or
+    weights file rewritten at the same path gives new keys and the cells run again."""
     d = cfg.to_dict()
-    for k in ("name", "description", "output", "sweep"):
+    for k in NOT_HASHED:
         d.pop(k, None)
+    digests = input_digests(cfg, cache)
+    if digests:      # configs without input files keep the keys they always had
+        d["input_sha256"] = digests
     blob = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def input_digests(cfg: Config, cache: dict | None = None) -> dict[str, str]:
+    """SHA-256 of each input file the config names: ``network.weights``, and ``data.path`` (an
+    .npz file; for ``data.source: idx`` the directory's IDX files, names and bytes; see
+    IDX_FILE_PREFIXES). ``cache``: digests already computed, by file list (one plan's cells
+    share their files; a new plan reads them again, so a file rewritten in between is seen)."""
+    cache = {} if cache is None else cache
+    out = {}
+    if cfg.data.path is not None:
+        path = Path(cfg.data.path)
+        if path.is_dir():
+            files = tuple(sorted(p for p in path.iterdir()
+                                 if p.name.startswith(IDX_FILE_PREFIXES) and p.is_file()))
+        else:
+            files = (path,)
+        out["data.path"] = _digest(files, cache, "data.path")
+    if cfg.network.weights is not None:
+        out["network.weights"] = _digest((Path(cfg.network.weights),), cache, "network.weights")
+    return out
+
+
+def _digest(files: tuple[Path, ...], cache: dict, key: str) -> str:
+    """SHA-256 over the files' names and bytes."""
+    stamp = tuple(str(p.resolve()) for p in files)
+    if stamp not in cache:
+        h = hashlib.sha256()
+        for p in files:
+            h.update(p.name.encode() + b"\0")
+            try:
+                with open(p, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+            except OSError as exc:
+                raise ConfigError(f"{key}: cannot read {str(p)!r} ({exc.strerror})") from None
+            h.update(b"\0")
+        cache[stamp] = h.hexdigest()
+    return cache[stamp]
 
 
 def expand(base: dict, axes: list[Axis]) -> list[Cell]:
     """All cells of the product, each validated and resolved (ConfigError names the cell)."""
     base = _absolute_paths(copy.deepcopy({k: v for k, v in base.items() if k != "sweep"}))
-    cells = []
+    cells, digests = [], {}
     for index in itertools.product(*(range(len(a)) for a in axes)):
         overrides = {k: v for a, i in zip(axes, index) for k, v in zip(a.keys, a.values[i])}
         try:
@@ -139,7 +190,7 @@ def expand(base: dict, axes: list[Axis]) -> list[Cell]:
         except ConfigError as exc:
             label = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
             raise ConfigError(f"sweep cell ({label}): {exc}") from None
-        cells.append(Cell(index, overrides, cfg, cell_key(cfg)))
+        cells.append(Cell(index, overrides, cfg, cell_key(cfg, digests)))
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
         raise ConfigError("sweep: some cells have identical configurations (the same value "

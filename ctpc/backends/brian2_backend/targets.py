@@ -17,7 +17,7 @@ from brian2.devices.device import reset_device
 from ...config import Config, ConfigError
 
 PREFS = ("codegen.target", "core.default_float_dtype", "codegen.runtime.cython.cache_dir",
-         "devices.cpp_standalone.extra_make_args_unix")
+         "devices.cpp_standalone.extra_make_args_unix", "core.stop_on_keyboard_interrupt")
 COMPILER_ERRORS = {"CompileError", "LinkError", "CCompilerError", "DistutilsExecError",
                    "DistutilsPlatformError"}
 
@@ -47,6 +47,10 @@ def session(cfg: Config):
     target = cfg.brian2.target
     b2.prefs["codegen.target"] = "cython" if target == "cython" else "numpy"
     b2.prefs["core.default_float_dtype"] = np.float64 if cfg.dtype == "float64" else np.float32
+    # Brian2's own Ctrl-C handler would end the run early as if it had finished (and ctpc would
+    # then stop on "ran fewer steps than asked"); off, Ctrl-C is a KeyboardInterrupt as with the
+    # torch backend: one line, exit 130, no file.
+    b2.prefs["core.stop_on_keyboard_interrupt"] = False
     if target == "cython":
         cache = build_dir(cfg) / "cython"
         cache.mkdir(parents=True, exist_ok=True)

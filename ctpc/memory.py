@@ -1,0 +1,198 @@
+"""How much memory a run needs, estimated from its config before anything is allocated.
+
+A run that cannot fit must fail at once with a message that says what to shrink, not after
+minutes of allocation with a ``MemoryError`` (or a machine that swaps itself to a halt). The
+estimate is pure arithmetic on the resolved sizes, so :func:`ctpc.loading.resolve` runs it when a
+config is loaded, and :func:`ctpc.recording.plan_recording` checks the traces before it builds
+any per-step array. No torch here.
+
+Terms (``s`` = 4 or 8 bytes for float32 / float64; ``W = N·D + (L−2)·N² + O·N`` weight values;
+``P = 3`` populations with leaky error neurons, else 2; one state is ``P·H·B·N`` values):
+
+==========================  ====================================================================
+weights                     ``W·(8 + 4s)``: the float64 initial copy, the model's copy, and
+                            at each record step the read-out dL/dW and its alignment temporaries
+BP reference                ``2·W·s + 4·H·B·N·s``: BP gradients, the autograd leaves, the
+                            forward activations and the adjoints
+state                       ``P·H·B·N·s``
+solver temporaries          ``(stages + 3)`` states: the Runge-Kutta stages (1 for the
+                            Gauss-Seidel schemes) and the step's residuals and predictions
+record traces               ``3 × (T+1)·layers·samples·units·variables·s``: the buffers, their
+                            host copy and the per-run copy that becomes the dataset
+record series               ``3 × (T+1)·(2 + 4H + 2L)·s``: energy and loss, the four per-layer
+                            norms, BP cosine and relative error
+divergence-check buffer     ``check_every·s``
+batch                       ``2·B·(D + O)·8``
+Brian2 objects              backend brian2 only: ``48`` bytes per synapse for construction
+                            ``synapses`` (every weight replicated per sample), ``12`` float64
+                            variables per neuron, and for cpp_standalone the full-state monitors
+==========================  ====================================================================
+
+``T+1`` is the number of record slots (the record steps plus the final state). The limit is
+``memory_limit_gb`` when set, else half of this machine's physical memory (read once).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+
+from .config import Config, ConfigError
+from .results import SERIES_LAYER, SERIES_SCALAR, SERIES_WEIGHT
+from .schemes import SCHEMES
+
+GB = 2 ** 30
+MB = 2 ** 20
+FALLBACK_RAM_BYTES = 16 * GB     # when the OS does not say (the default limit is half of it)
+
+
+@functools.lru_cache(maxsize=1)
+def physical_memory() -> int:
+    """Bytes of physical memory of this machine (read once per process)."""
+    try:
+        pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return FALLBACK_RAM_BYTES
+    return pages * page if pages > 0 and page > 0 else FALLBACK_RAM_BYTES
+
+
+def limit_bytes(cfg: Config) -> float:
+    if cfg.memory_limit_gb is not None:
+        return cfg.memory_limit_gb * GB
+    return physical_memory() / 2
+
+
+def n_record_slots(n_steps: int, every: int) -> int:
+    """Record steps of a run (0, every, 2·every ... and the final step), by arithmetic: no array
+    of the steps is built, whatever ``n_steps`` is."""
+    return n_steps // every + 1 + (1 if n_steps % every else 0)
+
+
+def _itemsize(cfg: Config) -> int:
+    return 4 if cfg.dtype == "float32" else 8
+
+
+def trace_shape(cfg: Config) -> tuple[int, int, int, int]:
+    """(record steps, layers, samples, units) of the traces."""
+    rec = cfg.record
+    count = lambda sel, n: n if sel == "all" else len(sel)
+    return (n_record_slots(cfg.integrator.n_steps, rec.every),
+            count(rec.layers, cfg.n_hidden), count(rec.samples, cfg.data.batch_size),
+            count(rec.units, cfg.network.width))
+
+
+def trace_bytes(cfg: Config) -> int:
+    t, l, s, u = trace_shape(cfg)
+    return t * l * s * u * len(cfg.record.variables) * _itemsize(cfg)
+
+
+def check_trace_size(cfg: Config) -> None:
+    """``record.max_mb``: the traces alone (what the file will hold) must stay below it."""
+    itemsize = _itemsize(cfg)
+    mb = _float(trace_bytes(cfg)) / MB
+    if mb > cfg.record.max_mb:
+        t, l, s, u = trace_shape(cfg)
+        raise ConfigError(
+            f"record: the traces would take {_size(mb * MB)} ({t:,} times x {l} layers x {s} "
+            f"samples x {u} units x {len(cfg.record.variables)} variables x {itemsize} bytes), "
+            f"above record.max_mb = {cfg.record.max_mb:g}. Shrink it: record.every (now "
+            f"{cfg.record.every}), a subset in record.layers / record.samples / record.units, "
+            f"fewer record.variables, or raise record.max_mb.")
+
+
+@dataclass(frozen=True)
+class Term:
+    name: str
+    bytes: float
+    shrink: str          # what makes it smaller (names the config keys)
+
+
+def estimate(cfg: Config) -> list[Term]:
+    """The memory terms of a resolved config (input/output sizes known), biggest first."""
+    net, s = cfg.network, _itemsize(cfg)
+    N, L, D, O = net.width, net.depth, net.input_dim, net.output_dim
+    H, B = L - 1, cfg.data.batch_size
+    W = N * D + (L - 2) * N * N + O * N
+    P = 3 if cfg.dynamics.tau_e > 0 else 2
+    state = P * H * B * N * s
+    slots = _float(n_record_slots(cfg.integrator.n_steps, cfg.record.every) + 1)
+    _, n_l, n_s, n_u = trace_shape(cfg)
+    traces = slots * n_l * n_s * n_u * len(cfg.record.variables) * s
+    series = slots * (len(SERIES_SCALAR) + len(SERIES_LAYER) * H + len(SERIES_WEIGHT) * L) * s
+    stages = SCHEMES[cfg.integrator.scheme].stages
+    # Name the keys of the biggest block of weights: the hidden N x N matrices, or W_1 (N x D)
+    # or W_L (O x N) when the data's input or output size dominates.
+    blocks = {"network.width or network.depth": (L - 2) * N * N,
+              "network.input_dim or network.width": N * D,
+              "network.output_dim or network.width": O * N}
+    size = f"lower {max(blocks, key=blocks.get)}"
+    every = f"raise record.every (now {cfg.record.every})"
+    terms = [
+        Term("weights", W * (8 + 4 * s), size),
+        Term("BP reference", 2 * W * s + 4 * H * B * N * s, f"{size}, or data.batch_size"),
+        Term("state", state, "lower data.batch_size, network.width or network.depth"),
+        Term("solver temporaries", (stages + 3) * state,
+             f"lower data.batch_size, network.width or network.depth, or pick a scheme with "
+             f"fewer stages than {cfg.integrator.scheme!r}"),
+        Term("record traces", 3 * traces,
+             f"{every}, record a subset (record.layers / samples / units) or fewer "
+             f"record.variables; the traces alone must also fit record.max_mb "
+             f"({cfg.record.max_mb:g} MB)"),
+        Term("record series", 3 * series,
+             f"{every}, or lower integrator.steps or network.depth"),
+        Term("divergence-check buffer", cfg.integrator.check_every * s,
+             f"lower integrator.check_every (now {cfg.integrator.check_every})"),
+        Term("batch", 2 * B * (D + O) * 8, "lower data.batch_size or network.input_dim"),
+    ]
+    if cfg.backend == "brian2":
+        b2 = 12 * H * B * N * 8
+        if cfg.brian2.construction == "synapses":
+            b2 += 48 * B * W
+        if cfg.brian2.target == "cpp_standalone":
+            b2 += (slots - 1) * P * H * B * N * 8
+        terms.append(Term("Brian2 objects", b2,
+                          "set brian2.construction: network_operation (no copy of the weights "
+                          "per sample) or lower data.batch_size"))
+    return sorted(terms, key=lambda t: -t.bytes)
+
+
+def _float(n: int) -> float:
+    """An exact int as a float; beyond float range (a run of 1e400 steps): inf."""
+    try:
+        return float(n)
+    except OverflowError:
+        return math.inf
+
+
+def check_memory(cfg: Config) -> None:
+    """Refuse (ConfigError, exit 2) a run whose estimate exceeds the limit, naming the biggest
+    term, the estimate and what to shrink."""
+    terms = estimate(cfg)
+    total, limit = sum(_float(t.bytes) if isinstance(t.bytes, int) else t.bytes
+                       for t in terms), limit_bytes(cfg)
+    if total <= limit:
+        return
+    big = terms[0]
+    if cfg.memory_limit_gb is not None:
+        where = f"memory_limit_gb = {cfg.memory_limit_gb:g}"
+    else:
+        where = (f"memory_limit_gb, by default half of this machine's "
+                 f"{_size(physical_memory())} of memory")
+    others = ", ".join(f"{t.name} {_size(t.bytes)}" for t in terms[1:4])
+    raise ConfigError(
+        f"memory: this run would need about {_size(total)}, above the limit of {_size(limit)} "
+        f"({where}). The biggest term is the {big.name}: {_size(big.bytes)}; to shrink it, "
+        f"{big.shrink}. Or raise memory_limit_gb if the machine has the memory. "
+        f"(Next: {others}.)")
+
+
+def _size(n: float) -> str:
+    n = _float(n) if isinstance(n, int) else n
+    if not math.isfinite(n):
+        return "more than any machine has"
+    for unit, scale in (("TB", 2 ** 40), ("GB", GB), ("MB", MB), ("kB", 2 ** 10), ("bytes", 1)):
+        if n >= scale or unit == "bytes":
+            value = n / scale
+            return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
+    raise AssertionError("unreachable")
