@@ -94,7 +94,8 @@ def integrate(solver, carry, p: Params, n_steps: int, *, check_every: int | None
     step = 0
     while step < n_steps and alive.any():
         chunk = min(chunk_len, n_steps - step)
-        snapshot, snap_solver = carry, solver        # steps never mutate their input carry
+        # a solver that steps its carry in place hands out a copy to replay from
+        snapshot, snap_solver = _snapshot(solver, carry), solver
         for j in range(chunk):
             carry = solver.step(carry, p, last=step + j + 1 == n_steps)
             S = solver.state(carry)
@@ -125,6 +126,11 @@ def integrate(solver, carry, p: Params, n_steps: int, *, check_every: int | None
         if progress is not None:
             progress(chunk)
     return Integration(carry, solver, done, diverged, frozen, at_peak)
+
+
+def _snapshot(solver, carry):
+    take = getattr(solver, "snapshot", None)
+    return carry if take is None else take(carry)
 
 
 def _first_true(bad: np.ndarray) -> np.ndarray:

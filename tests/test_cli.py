@@ -233,3 +233,20 @@ def test_instability_below_the_absolute_bound_is_caught(small):
     assert float(off.res_norm.isel(time=-1).max()) > 10 * float(off.res_norm.isel(time=3).max())
     stable = ctpc.simulate(model, ["integrator.growth_bound=1.5", "record.variables=[]"])
     assert stable.attrs["status"] == "ok"
+
+
+@pytest.mark.parametrize("scheme", ["semi_implicit", "discrete", "heun"])
+def test_divergence_step_is_exact_for_every_solver(scheme, small):
+    """Solvers that step their carry in place (Gauss-Seidel) replay from a snapshot: the
+    diverged step, the final state and the trace do not depend on the check interval."""
+    length = {"budget": 200, "steps": None} if scheme == "discrete" else {"steps": 200}
+    dyn = {"state_lr": 0.9, "alpha": 1.5} if scheme == "discrete" else \
+        {"tau_h": 1.0, "tau_lambda": 0.6}
+    runs = [ctpc.simulate(small(integrator={"scheme": scheme, "dt": 1.0, **length,
+                                            "check_every": k}, dynamics=dyn))
+            for k in (1, 7, 64)]
+    assert {r.attrs["status"] for r in runs} == {"diverged"}
+    assert len({r.attrs["diverged_at"] for r in runs}) == 1
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r.h.values, runs[0].h.values)
+        np.testing.assert_array_equal(r.grad_w1.values, runs[0].grad_w1.values)
