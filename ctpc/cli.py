@@ -27,7 +27,9 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+from . import signals
 from .config import ConfigError
+from .signals import Terminated
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_TERMINATED = 128 + signal.SIGTERM      # 143, the shell's convention for "killed by TERM"
@@ -35,25 +37,8 @@ EXIT_CODES_EPILOG = ("Exit codes: 0 ok, 1 unexpected error, 2 bad configuration 
                      "3 diverged, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).")
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt. A subclass of it, so
-    every cleanup written for Ctrl-C (the temporary of a file being written, a local Dask
-    cluster, progress bars) also runs for SIGTERM."""
-
-
 REDELIVERY_DELAY_S = 0.01
-
-
-class _Signals:
-    terminating = False      # a Terminated is on its way up: further SIGTERMs let cleanup run
-    previous_hook = staticmethod(sys.__unraisablehook__)
-
-
-def _raise_terminated(signum, frame):
-    if _Signals.terminating:
-        return
-    _Signals.terminating = True
-    raise Terminated()
+_previous_hook = [sys.__unraisablehook__]
 
 
 def _redeliver_dropped_interrupts(unraisable) -> None:
@@ -66,29 +51,32 @@ def _redeliver_dropped_interrupts(unraisable) -> None:
     exc = unraisable.exc_value
     if isinstance(exc, KeyboardInterrupt):
         if isinstance(exc, Terminated):
-            _Signals.terminating = False
+            signals._State.terminating = False
         signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
         timer = threading.Timer(REDELIVERY_DELAY_S, _thread.interrupt_main, args=(signum,))
         timer.daemon = True
         timer.start()
     else:
-        _Signals.previous_hook(unraisable)
+        _previous_hook[0](unraisable)
 
 
 @contextlib.contextmanager
 def _signals_as_interrupts():
-    """SIGTERM raises Terminated like Ctrl-C raises KeyboardInterrupt; neither can be lost in a
-    callback whose exceptions Python drops. Main thread only (where signals are handled)."""
+    """SIGTERM raises Terminated like Ctrl-C raises KeyboardInterrupt, both held back inside
+    critical sections (:mod:`ctpc.signals`); neither can be lost in a callback whose exceptions
+    Python drops. Main thread only (where signals are handled)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {s: signal.signal(s, signals.handler) for s in (signal.SIGTERM, signal.SIGINT)}
     previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver_dropped_interrupts
-    _Signals.terminating, _Signals.previous_hook = False, previous_hook
+    signals.reset()
+    _previous_hook[0] = previous_hook
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
         sys.unraisablehook = previous_hook
 
 

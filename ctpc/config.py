@@ -172,6 +172,9 @@ class IntegratorConfig(_Strict):
             if n < 1 or not math.isclose(n * self.dt, self.t_end, rel_tol=1e-9):
                 raise ValueError(f"integrator.t_end ({self.t_end}) must be a positive multiple "
                                  f"of integrator.dt ({self.dt})")
+        if self.budget == "auto" and self.n_steps_from_length() is not None:
+            raise ValueError("integrator.budget 'auto' (2 x network.depth) and steps/t_end both "
+                             "give the run length; give one of them")
         if self.budget not in (None, "auto") and \
                 self.n_steps_from_length() not in (None, self.budget):
             raise ValueError(f"integrator.budget ({self.budget}) and steps/t_end "

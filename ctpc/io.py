@@ -6,9 +6,11 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+import dask
 import numpy as np
 import xarray as xr
 
+from . import signals
 from ._version import __version__
 from .config import Config, ConfigError
 from .results import SERIES_LAYER, SERIES_WEIGHT, RunResult
@@ -188,8 +190,13 @@ def write_netcdf(ds: xr.Dataset, path: str | Path) -> Path:
     tmp = _temporary(path)
     encoding = {name: {"zlib": True, "complevel": 4} for name in ds.data_vars}
     try:
-        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
-        os.replace(tmp, path)
+        # Local scheduler and locks: inside a Dask client (a sweep) xarray would otherwise take
+        # a *distributed* lock per write, a scheduler round trip per file. A signal arriving
+        # mid-write waits until the file is complete (signals.deferred): raised inside HDF5's
+        # locked section it could leave the lock held and hang the next write (seen).
+        with signals.deferred(), dask.config.set(scheduler="synchronous"):
+            ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+            os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
         free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
         hint = (" (the disk is full)" if free < 16 * 2**20 else "")

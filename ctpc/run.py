@@ -29,10 +29,7 @@ def simulate(config, overrides=None, *, out: str | Path | None = None, progress:
     diverged run is returned normally with ``ds.attrs["status"] == "diverged"``; check it.
     """
     cfg = load_config(config, overrides)
-    if cfg.dynamics.method == "bp":
-        raise ConfigError("dynamics.method 'bp' has no neuron dynamics to simulate: it is the "
-                          "exact-gradient baseline of training (python -m ctpc.train); use pc "
-                          "or pcalm here")
+    _refuse_bp(cfg)
     target = out if out is not None else cfg.output
     if target is not None:
         check_output_path(target)
@@ -42,6 +39,29 @@ def simulate(config, overrides=None, *, out: str | Path | None = None, progress:
         write_netcdf(ds, target)
         ds.attrs["path"] = str(target)
     return ds
+
+
+def simulate_replicas(configs: list, commands: list[str | None] | None = None) -> list[xr.Dataset]:
+    """Simulate configs that share every shape and control-flow setting
+    (:func:`ctpc.sweep.groups.replica_key`) as replicas of one tensor program; one dataset per
+    config, each equal to its own ``simulate`` to round-off. A single config (or a Brian2 one)
+    runs as ``simulate`` does."""
+    cfgs = [load_config(c) for c in configs]
+    commands = commands or [None] * len(cfgs)
+    for cfg in cfgs:
+        _refuse_bp(cfg)
+    if len(cfgs) == 1:
+        return [build_dataset(cfgs[0], run_backend(cfgs[0], False), commands[0])]
+    from .backends.torch_backend import run_replicas
+    results = run_replicas(cfgs, progress=False)
+    return [build_dataset(c, r, cmd) for c, r, cmd in zip(cfgs, results, commands)]
+
+
+def _refuse_bp(cfg: Config) -> None:
+    if cfg.dynamics.method == "bp":
+        raise ConfigError("dynamics.method 'bp' has no neuron dynamics to simulate: it is the "
+                          "exact-gradient baseline of training (python -m ctpc.train); use pc "
+                          "or pcalm here")
 
 
 def summary_table(ds: xr.Dataset, max_rows: int = 24) -> str:
@@ -67,4 +87,4 @@ def summary_table(ds: xr.Dataset, max_rows: int = 24) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["simulate", "summary_table", "ConfigError"]
+__all__ = ["simulate", "simulate_replicas", "summary_table", "ConfigError"]

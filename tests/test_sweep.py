@@ -111,26 +111,29 @@ def test_rerun_reuses_every_finished_cell(six_cell_sweep, monkeypatch):
 
 
 def test_crashed_cell_is_recorded_and_retried(tmp_path, monkeypatch):
-    """A cell that raises gets status 'error' with its message; the others are kept, and a
-    rerun recomputes only the crashed cell."""
+    """A cell that raises gets status 'error' with its message; the others are kept (a group
+    of replicas that crashes is rerun cell by cell), and a rerun recomputes only the crashed
+    cell."""
     from distributed import Client
 
     import ctpc.run
-    real = ctpc.run.simulate
+    real = ctpc.run.simulate_replicas
     broken, calls = {"seed 1": True}, []
 
-    def flaky(config, *args, **kwargs):
-        calls.append(config["seed"])
-        if config["seed"] == 1 and broken["seed 1"]:
+    def flaky(configs, *args, **kwargs):
+        seeds = sorted(c["seed"] for c in configs)
+        calls.append(seeds)
+        if 1 in seeds and broken["seed 1"]:
             raise RuntimeError("boom in seed 1")
-        return real(config, *args, **kwargs)
+        return real(configs, *args, **kwargs)
 
-    monkeypatch.setattr(ctpc.run, "simulate", flaky)      # an in-process client sees it
+    monkeypatch.setattr(ctpc.run, "simulate_replicas", flaky)   # an in-process client sees it
     raw = with_sweep({"seed": [0, 1, 2]})
     out = tmp_path / "flaky.nc"
     with Client(processes=False, n_workers=1, threads_per_worker=1,
                 dashboard_address=None) as client:
         first = run_sweep(raw, out=out, client=client, progress=False)
+        assert calls[0] == [0, 1, 2]          # the three seeds ran as one replica group
         assert first.status.values.tolist() == ["ok", "error", "ok"]
         assert "RuntimeError: boom in seed 1" in str(first.error.sel(seed=1).values)
         assert np.isnan(first.credit_norm.sel(seed=1)).all()
@@ -138,7 +141,7 @@ def test_crashed_cell_is_recorded_and_retried(tmp_path, monkeypatch):
         broken["seed 1"] = False
         calls.clear()
         second = run_sweep(raw, out=out, client=client, progress=False)
-    assert calls == [1]               # only the crashed cell ran again
+    assert calls == [[1]]             # only the crashed cell ran again
     assert second.status.values.tolist() == ["ok", "ok", "ok"]
 
 

@@ -38,8 +38,10 @@ from ..config import Config, ConfigError
 from ..loading import apply_overrides, read_yaml
 from ..io import (OutputError, ResultsError, check_output_path, open_results,
                   remove_stale_temporaries, write_netcdf)
-from .cluster import check_scheduler_address, dask_client, local_worker_count, run_cell
+from .cluster import check_scheduler_address, dask_client, local_worker_count, run_group
+from .groups import group_cells
 from .combine import combine, select_cell, summarize_cell, sweep_dims
+from ..training import write_weights
 from .grid import Axis, Cell, expand, parse_axes
 
 __all__ = ["SweepPlan", "plan_sweep", "run_sweep", "select_cell", "sweep_dims"]
@@ -165,9 +167,13 @@ def _future_error(fut) -> str:
 def run_sweep(config: Union[str, Path, dict, Config], overrides=None, *,
               out: str | Path | None = None, scheduler: str | None = None, client=None,
               n_workers: int | None = None, progress: bool = True,
-              command: str | None = None) -> xr.Dataset:
+              command: str | None = None, group: bool = True) -> xr.Dataset:
     """Run (or resume) a sweep and return the combined dataset, also written to ``out``
-    (default: the config's ``output``, else ``runs/<name>.nc``).
+    (default: the config's ``output``, else ``runs/<name>.nc``). Cells are training runs when
+    the config has a ``training:`` section, simulations otherwise.
+
+    ``group``: run cells that share shapes and control flow as replicas of one tensor program
+    (:mod:`ctpc.sweep.groups`); False runs every cell on its own.
 
     ``scheduler``: address of a running Dask scheduler; ``client``: an existing
     ``distributed.Client`` to use (e.g. shared by several sweeps); neither: a local cluster of
@@ -186,7 +192,7 @@ def run_sweep(config: Union[str, Path, dict, Config], overrides=None, *,
         warnings.warn(f"{len(plan.damaged)} damaged cell file(s) in {plan.cells_dir} will be "
                       f"computed again: {names}{more}", stacklevel=2)
     errors = _run_cells(plan, scheduler=scheduler, client=client, n_workers=n_workers,
-                        progress=progress, command=command)
+                        progress=progress, command=command, group=group)
     combined = combine(plan.axes, plan.cells, plan.summaries, errors, base_config=plan.raw,
                        cells_dir=str(plan.cells_dir), command=command)
     write_netcdf(combined, plan.out)
@@ -201,7 +207,19 @@ def _remove_orphaned_temporaries(cells_dir: Path) -> None:
         remove_stale_temporaries(cells_dir / cell_file)
 
 
-def _run_cells(plan: SweepPlan, *, scheduler, client, n_workers, progress, command) -> dict:
+def _write_cell(plan: SweepPlan, cell: Cell, ds: xr.Dataset, weights: dict | None) -> None:
+    ds.attrs["sweep_cell"] = json.dumps(cell.overrides)
+    ds.attrs["sweep_key"] = cell.key
+    if weights is not None:            # a training cell's final weights, beside its file
+        write_weights(list(weights.values()),
+                      plan.cell_path(cell).with_name(f"{cell.key}.weights.npz"))
+    write_netcdf(ds, plan.cell_path(cell))
+    plan.summaries[cell.key] = summarize_cell(ds)
+    plan.done.add(cell.key)
+
+
+def _run_cells(plan: SweepPlan, *, scheduler, client, n_workers, progress, command,
+               group: bool = True) -> dict:
     """Run the cells without a good file; write each as it finishes and keep its summary in
     ``plan.summaries``. Returns crash messages."""
     todo = plan.todo
@@ -220,24 +238,33 @@ def _run_cells(plan: SweepPlan, *, scheduler, client, n_workers, progress, comma
             plan.cells_dir.mkdir(parents=True, exist_ok=True)
             _remove_orphaned_temporaries(plan.cells_dir)
             futures = {}
-            for cell in todo:
-                cmd = f"{command or 'ctpc.sweep'} [cell {cell.label}]"
-                futures[dc.submit(run_cell, cell.config.to_dict(), cmd, pure=False)] = cell
-            for fut in as_completed(futures):
-                cell = futures.pop(fut)
-                if fut.status != "finished":
-                    errors[cell.key] = _future_error(fut)
-                    bar.write(f"cell ({cell.label}) crashed: {errors[cell.key]}",
+
+            def submit(group):
+                cmds = [f"{command or 'ctpc.sweep'} [cell {c.label}]" for c in group]
+                fut = dc.submit(run_group, [c.config.to_dict() for c in group], cmds,
+                                pure=False)
+                futures[fut] = group
+                return fut
+            n_running = len(dc.scheduler_info().get("workers", {})) or workers
+            for grp in group_cells(todo, workers=n_running, enabled=group):
+                submit(grp)
+            pending = as_completed(list(futures))
+            for fut in pending:
+                grp = futures.pop(fut)
+                if fut.status != "finished" and len(grp) > 1:
+                    # one bad cell must not take its group down: run the cells one by one
+                    for cell in grp:
+                        pending.add(submit([cell]))
+                elif fut.status != "finished":
+                    errors[grp[0].key] = _future_error(fut)
+                    bar.write(f"cell ({grp[0].label}) crashed: {errors[grp[0].key]}",
                               file=sys.stderr)
+                    bar.update(1)
                 else:
-                    ds = fut.result()
-                    ds.attrs["sweep_cell"] = json.dumps(cell.overrides)
-                    ds.attrs["sweep_key"] = cell.key
-                    write_netcdf(ds, plan.cell_path(cell))
-                    plan.summaries[cell.key] = summarize_cell(ds)
-                    plan.done.add(cell.key)
+                    for cell, (ds, weights) in zip(grp, fut.result()):
+                        _write_cell(plan, cell, ds, weights)
+                    bar.update(len(grp))
                 fut.release()
-                bar.update(1)
     finally:
         if created and plan.cells_dir.is_dir() and not any(plan.cells_dir.iterdir()):
             plan.cells_dir.rmdir()

@@ -41,6 +41,9 @@ def parser() -> argparse.ArgumentParser:
                         "--set 'sweep.seed=[0,1,2]' (repeatable)")
     p.add_argument("--dry-run", action="store_true",
                    help="list the cells (done or to run) and exit without running anything")
+    p.add_argument("--no-group", action="store_true",
+                   help="run every cell on its own instead of grouping cells that share "
+                        "shapes into replicas of one tensor program")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -63,7 +66,7 @@ def _main(args) -> int:
         return EXIT_OK
     ds = run_sweep(args.config, args.overrides, out=args.out, scheduler=args.scheduler,
                    n_workers=args.workers, progress=not args.quiet,
-                   command=cli.command_line("ctpc.sweep"))
+                   command=cli.command_line("ctpc.sweep"), group=not args.no_group)
     a = ds.attrs
     print(f"cells: {a['n_cells']} (ok {a['n_ok']}, diverged {a['n_diverged']}, "
           f"error {a['n_error']}); per-cell files in {a['cells_dir']}")

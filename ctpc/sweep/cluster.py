@@ -173,24 +173,33 @@ def import_brian2_in_worker() -> None:
             signal.signal = real_signal
 
 
-def run_cell(config: dict, command: str | None = None) -> xr.Dataset:
-    """The task each worker runs: simulate one cell and return its dataset, fully in memory
-    (the client writes it, so workers need no shared file system)."""
+def run_group(configs: list[dict], commands: list[str]) -> list[tuple[xr.Dataset, dict | None]]:
+    """The task each worker runs: the cells of one replica group (see :mod:`.groups`) as one
+    program; returns, per cell, its dataset fully in memory and, for a training cell, its final
+    weights {"w1": ..} (the client writes both, so workers need no shared file system)."""
     import torch
 
-    from .. import run
+    from .. import run, training
 
-    brian2 = config.get("backend") == "brian2"
+    brian2 = configs[0].get("backend") == "brian2"
     if brian2:
         import_brian2_in_worker()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        if configs[0].get("training") is not None:
+            cfgs = [training.prepare_config(c) for c in configs]
+            out = [(ds, {f"w{i}": w for i, w in enumerate(ws, start=1)})
+                   for ds, ws in training.train_replicas(cfgs)]
+            for (ds, _), cmd in zip(out, commands):
+                ds.attrs["history"] = ds.attrs["history"].replace(
+                    "ctpc.train() (Python API)", cmd)
+            return out
         with _BRIAN2_LOCK if brian2 else contextlib.nullcontext():
-            ds = run.simulate(config, command=command)
+            datasets = run.simulate_replicas(configs, commands)
         # Traces of a layer subset are lazily padded with dask; compute them here,
         # synchronously, never through the distributed scheduler from inside a task.
         with dask.config.set(scheduler="synchronous"):
-            return ds.load()
+            return [(ds.load(), None) for ds in datasets]
     finally:
         torch.set_num_threads(threads)    # matters only for an in-process (threaded) client

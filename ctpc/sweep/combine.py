@@ -1,14 +1,20 @@
 """Per-cell datasets -> ONE sweep dataset whose sweep keys are dimensions.
 
-What the combined file keeps: every per-layer/per-weight/scalar series ([time, layer],
-[time, weight], [time]), ``bp_adjoint_norm`` [layer], the per-cell run parameters (dt, tau_h,
-tau_lambda, eta_h, alpha...) and outcome (``status``, ``error``, ``diverged_at``, ``wall_time_s``)
-as variables over the sweep dims. The 4-D traces and the final weight gradients stay in the
-per-cell files (``cell_file`` names each one), so the combined file stays small for any depth.
+Simulation sweeps keep every per-layer/per-weight/scalar series ([time, layer], [time, weight],
+[time]), ``bp_adjoint_norm`` [layer], the per-cell run parameters (dt, tau_h, tau_lambda, eta_h,
+alpha...) and outcome (``status``, ``error``, ``diverged_at``, ``wall_time_s``) as variables over
+the sweep dims. The 4-D traces and the final weight gradients stay in the per-cell files
+(``cell_file`` names each one), so the combined file stays small for any depth.
 
-Cells of different shape are padded with NaN: along ``layer``/``weight`` (different depths) and
-``time`` (different budgets or dt: the time axis is the union of all recorded times; a diverged
-cell ends early). ``layer_mask``, ``weight_mask`` and ``time_mask`` say which entries are real.
+Training sweeps (cells are ``ctpc.train`` runs) keep the whole training dataset of each cell:
+the per-update series [update], [update, layer], the evaluations [eval], [eval, weight] (with
+``eval_update`` and ``eval_epoch`` as variables), and per-cell scalars (lr, eta_h, n_updates,
+``final_test_acc``, ``diverged_at_update``, wall time...).
+
+Cells of different shape are padded with NaN along every such axis: ``layer``/``weight``
+(different depths), ``time`` (different budgets or dt: the union of all recorded times; a diverged
+cell ends early), ``update`` and ``eval`` (different numbers of updates or evaluations).
+``<axis>_mask`` says which entries are real.
 """
 from __future__ import annotations
 
@@ -21,10 +27,15 @@ import yaml
 
 from .._version import __version__
 from ..io import VAR_ATTRS
+from ..training.dataset import ATTRS as TRAINING_ATTRS
 from ..results import SERIES_LAYER, SERIES_SCALAR, SERIES_WEIGHT
 from .grid import Axis, Cell
 
 KEPT_VARIABLES = SERIES_LAYER + SERIES_WEIGHT + SERIES_SCALAR + ("bp_adjoint_norm",)
+TRAINING_VARIABLES = ("train_loss", "grad_norm", "weight_norm", "energy", "res_norm",
+                      "lam_norm", "credit_norm", "train_acc", "test_acc", "train_mse",
+                      "test_mse", "train_ce", "test_ce", "bp_cos_global", "bp_cos", "bp_relerr",
+                      "eval_update", "eval_epoch", "eval_wall_time")
 # Per-cell attributes kept as variables over the sweep dims (units, meaning).
 CELL_SCALARS = {
     "dt": ("ms", "integration step"), "tau_h": ("ms", "activity time constant"),
@@ -35,17 +46,47 @@ CELL_SCALARS = {
     "diverged_at": ("ms", "time of the first out-of-bounds step (NaN if not diverged)"),
     "wall_time_s": ("s", "wall time of the run"),
 }
+TRAINING_SCALARS = {
+    "lr": ("1", "optimiser learning rate"), "eta_h": ("1", "dt / tau_h (state_lr)"),
+    "alpha": ("1", "dt / tau_lambda"), "rho": ("1", "penalty"), "dt": ("ms", "integration step"),
+    "n_steps": ("1", "inference budget (0 for bp)"), "n_updates": ("1", "updates asked for"),
+    "updates_completed": ("1", "updates run"),
+    "diverged_at_update": ("1", "first non-finite update (NaN if not diverged)"),
+    "final_train_acc": ("1", "training accuracy at the last evaluation"),
+    "final_test_acc": ("1", "test accuracy at the last evaluation"),
+    "wall_time_s": ("s", "wall time of the run (its share of a replica group)"),
+    "train_time_s": ("s", "of which updates"), "samples_per_s": ("1/s", "training throughput"),
+}
 TIME_DECIMALS = 9     # times are step*dt in ms; rounding makes equal times of different dt equal
+# What a cell of each kind keeps, and along which axes cells are padded to a common length.
+KINDS = {
+    "run": (KEPT_VARIABLES, CELL_SCALARS, ("time", "layer", "weight")),
+    "training": (TRAINING_VARIABLES, TRAINING_SCALARS, ("update", "eval", "layer", "weight")),
+}
+
+
+def cell_kind(ds: xr.Dataset) -> str:
+    return "training" if ds.attrs.get("kind") == "training" else "run"
 
 
 def summarize_cell(ds: xr.Dataset) -> xr.Dataset:
     """The part of one run that goes into the combined dataset (loaded in memory)."""
-    small = ds[[v for v in KEPT_VARIABLES if v in ds.variables]]
+    kind = cell_kind(ds)
+    variables, scalars, _ = KINDS[kind]
+    if kind == "training":
+        ds = ds.reset_coords(["eval_update", "eval_epoch"])
+        last = ds.isel(eval=-1) if ds.sizes["eval"] else None
+        extra = {"final_train_acc": np.nan if last is None else float(last.train_acc),
+                 "final_test_acc": np.nan if last is None else float(last.test_acc)}
+    else:
+        extra = {}
+    small = ds[[v for v in variables if v in ds.variables]]
     small = small.drop_vars([c for c in ("step", "sample", "unit") if c in small.coords])
-    small = small.assign_coords(time=np.round(small["time"].values, TIME_DECIMALS))
-    for name in CELL_SCALARS:
-        small[name] = float(ds.attrs.get(name, np.nan))
-    small.attrs = {"status": ds.attrs.get("status", "ok")}
+    if "time" in small.coords:
+        small = small.assign_coords(time=np.round(small["time"].values, TIME_DECIMALS))
+    for name in scalars:
+        small[name] = float(extra.get(name, ds.attrs.get(name, np.nan)))
+    small.attrs = {"status": ds.attrs.get("status", "ok"), "kind": kind}
     return small.load()
 
 
@@ -61,18 +102,20 @@ def combine(axes: list[Axis], cells: list[Cell], summaries: dict[str, xr.Dataset
     dims = [a.dim for a in axes]
     shape = tuple(len(a) for a in axes)
     done = list(summaries.values())
-    times = np.unique(np.concatenate([s["time"].values for s in done])) if done else np.zeros(0)
-    n_layer = max([s.sizes.get("layer", 0) for s in done], default=0)
-    n_weight = max([s.sizes.get("weight", 0) for s in done], default=0)
-    union = {"time": times, "layer": np.arange(1, n_layer + 1),
-             "weight": np.arange(1, n_weight + 1)}
+    kind = done[0].attrs["kind"] if done else "run"
+    kept, cell_scalars, padded = KINDS[kind]
+    # every padded axis is the union of the cells' coordinate values
+    union = {d: np.unique(np.concatenate([s[d].values for s in done if d in s.dims]
+                                         or [np.zeros(0)]))
+             for d in padded}
+    times = union.get("time")
 
-    present = [v for v in KEPT_VARIABLES if any(v in s for s in done)]
+    present = [v for v in kept if any(v in s for s in done)]
     var_dims = {v: next(s[v].dims for s in done if v in s) for v in present}
     arrays = {v: np.full(shape + tuple(len(union[d]) for d in var_dims[v]), np.nan)
               for v in present}
     masks = {d: np.zeros(shape + (len(union[d]),), dtype=bool) for d in union}
-    scalars = {k: _grid(axes, np.nan, float) for k in CELL_SCALARS}
+    scalars = {k: _grid(axes, np.nan, float) for k in cell_scalars}
     status = _grid(axes, "error", object)
     error = _grid(axes, "", object)
     cell_file = _grid(axes, "", object)
@@ -94,18 +137,22 @@ def combine(axes: list[Axis], cells: list[Cell], summaries: dict[str, xr.Dataset
         for v in present:
             if v in aligned:
                 arrays[v][i] = aligned[v].transpose(*var_dims[v]).values
-        for k in CELL_SCALARS:
+        for k in cell_scalars:
             scalars[k][i] = float(s[k])
 
-    coords = {"time": ("time", times, {"long_name": "simulated time", "units": "ms"}),
-              "layer": ("layer", union["layer"], {"long_name": "hidden layer l (1 .. L-1)"}),
+    coords = {"layer": ("layer", union["layer"], {"long_name": "hidden layer l (1 .. L-1)"}),
               "weight": ("weight", union["weight"], {"long_name": "weight matrix W_l"})}
+    if kind == "training":
+        coords["update"] = ("update", union["update"], {"long_name": "optimiser update"})
+        coords["eval"] = ("eval", union["eval"], {"long_name": "evaluation point"})
+    else:
+        coords["time"] = ("time", times, {"long_name": "simulated time", "units": "ms"})
     for a in axes:
         for key in a.keys:
             coords[key] = (a.dim, np.asarray(a.coord(key)),
                            {"long_name": f"swept config key {key}"})
     dts = scalars["dt"][np.isfinite(scalars["dt"])]
-    if dts.size and np.all(dts == dts[0]):     # one dt: `step` is a coordinate as in a run
+    if kind == "run" and dts.size and np.all(dts == dts[0]):  # one dt: `step` as in a run
         coords["step"] = ("time", np.round(times / dts[0]).astype(np.int64),
                           {"long_name": "integration step", "units": "1"})
 
@@ -115,7 +162,7 @@ def combine(axes: list[Axis], cells: list[Cell], summaries: dict[str, xr.Dataset
     for d, m in masks.items():
         data[f"{d}_mask"] = (tuple(dims) + (d,), m,
                              {"long_name": f"True where the cell has this {d} (else padding)"})
-    for k, (units, long_name) in CELL_SCALARS.items():
+    for k, (units, long_name) in cell_scalars.items():
         data[k] = (tuple(dims), scalars[k], {"long_name": long_name, "units": units})
     data["status"] = (tuple(dims), status.astype(str),
                       {"long_name": "ok | diverged | error (crashed; rerun the sweep to retry)"})
@@ -125,6 +172,7 @@ def combine(axes: list[Axis], cells: list[Cell], summaries: dict[str, xr.Dataset
     out = xr.Dataset(data, coords=coords)
 
     counts = {k: int((status == k).sum()) for k in ("ok", "diverged", "error")}
+    cell_kind_attr = "training" if kind == "training" else "run"
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     out.attrs = {
         "Conventions": "CF-1.10",
@@ -134,6 +182,7 @@ def combine(axes: list[Axis], cells: list[Cell], summaries: dict[str, xr.Dataset
         "source": f"ctpc {__version__}",
         "ctpc_version": __version__,
         "kind": "sweep",
+        "cell_kind": cell_kind_attr,
         "sweep_dims": json.dumps(dims),
         "sweep": json.dumps({",".join(a.keys) if len(a.keys) > 1 else a.dim:
                              [list(v) if len(v) > 1 else v[0] for v in a.values] for a in axes}),
@@ -146,8 +195,9 @@ def combine(axes: list[Axis], cells: list[Cell], summaries: dict[str, xr.Dataset
 
 
 def _attrs(name: str) -> dict:
-    if name in VAR_ATTRS:
-        long_name, units = VAR_ATTRS[name]
+    table = VAR_ATTRS if name in VAR_ATTRS else TRAINING_ATTRS
+    if name in table:
+        long_name, units = table[name]
         return {"long_name": long_name, "units": units}
     return {}
 
@@ -172,15 +222,16 @@ def select_cell(ds: xr.Dataset, selection: dict | None = None, **by_dim) -> xr.D
         raise ValueError(f"select_cell: give a value for every sweep dimension; missing "
                          f"{missing} (dims: {dims})")
     cell = ds.sel(selection)
-    for d in ("time", "layer", "weight"):
+    _, cell_scalars, padded = KINDS[ds.attrs.get("cell_kind", "run")]
+    for d in padded:
         mask = cell[f"{d}_mask"].values.astype(bool)
         cell = cell.isel({d: np.flatnonzero(mask)})
-    attrs = {k: float(cell[k]) for k in CELL_SCALARS}
+    attrs = {k: float(cell[k]) for k in cell_scalars}
     attrs.update(status=str(cell["status"].values), kind="sweep cell",
                  depth=int(cell.sizes["weight"]),
                  sweep_cell=json.dumps({d: _plain(cell[d].values) for d in dims}))
-    cell = cell.drop_vars(list(CELL_SCALARS) + ["status", "error", "time_mask", "layer_mask",
-                                                "weight_mask"])
+    cell = cell.drop_vars(list(cell_scalars) + ["status", "error"] +
+                          [f"{d}_mask" for d in padded])
     cell.attrs = {**ds.attrs, **attrs}
     return cell
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from .. import signals
 from ..config import Config, ConfigError, TrainingConfig
 from ..io import check_output_path, write_netcdf
 from ..loading import load_config
@@ -94,8 +95,9 @@ def write_weights(matrices, path: Path) -> Path:
               for i, m in enumerate(matrices, start=1)}
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.npz")
     try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        with signals.deferred():
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .. import signals
 from ..config import Config, ConfigError
 from .loop import Trainer, TrainState
 
@@ -71,8 +72,9 @@ def save(trainer: Trainer, path: Path, digest: str) -> None:
             "torch_rng": torch.get_rng_state()}
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
+        with signals.deferred():          # a signal waits until the checkpoint is whole
+            torch.save(blob, tmp)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -235,8 +235,10 @@ class Trainer:
 
     def _postfix(self) -> dict:
         st = self.state
-        loss = st.history["train_loss"][-1] if "train_loss" in st.history else np.nan
-        post = {"loss": f"{np.nanmean(loss):.4f}"}
-        if st.evals:
-            post["test_acc"] = f"{np.nanmean(st.evals[-1]['test_acc']):.3f}"
+        alive = ~self._dead_host
+        post = {}
+        if "train_loss" in st.history and alive.any():
+            post["loss"] = f"{st.history['train_loss'][-1][alive].mean():.4f}"
+        if st.evals and alive.any():
+            post["test_acc"] = f"{st.evals[-1]['test_acc'][alive].mean():.3f}"
         return post
