@@ -84,6 +84,11 @@ class Params:
     rates: Rates
     drive: torch.Tensor
     versions: tuple[int, ...]
+    # views of the weights in the layouts the batched products read (aliases, never copies,
+    # so they cannot go stale): W_2..W_{L-1} as [(H-1) R, N, N] and its transpose, W_L^T
+    w_mid_f: torch.Tensor | None = None
+    w_mid_f_t: torch.Tensor | None = None
+    w_out_t: torch.Tensor | None = None
 
     def check_current(self) -> None:
         """Raise if a weight tensor was modified in place after these params were built."""
@@ -110,8 +115,10 @@ class Dynamics:
         if self.leaky != _any_nonzero(rates.k_e):
             raise ValueError("rates.k_e must be non-zero exactly when the error neurons are "
                              "leaky (the state layout depends on it)")
+        w_mid_f = weights.w_mid.view(-1, *weights.w_mid.shape[2:])
         return Params(weights, x, y, rates, self.net.input_drive(weights, x),
-                      tuple(t._version for t in weights.tensors))
+                      tuple(t._version for t in weights.tensors), w_mid_f,
+                      w_mid_f.transpose(1, 2), weights.w_out.transpose(1, 2))
 
     def initial_state(self, p: Params) -> torch.Tensor:
         """Feed-forward activities, lam = 0, e = r = 0 (the paper's fresh start per batch)."""
@@ -168,3 +175,12 @@ class Dynamics:
         """dL_rho/dW at the current state: the local (credit x presynaptic rate) read-out."""
         return self.net.weight_gradients(resid.a, resid.y_hat, self.credit(S, resid, p),
                                          p.x, p.y)
+
+
+def peak(S: torch.Tensor) -> torch.Tensor:
+    """[R] max |S| per replica (NaN propagates, so a non-finite state fails the bound). One
+    reduction pass without a temporary for one replica (half the cost of |S| then its max)."""
+    if S.shape[2] == 1:
+        lo, hi = torch.aminmax(S.view(-1))
+        return torch.maximum(hi, -lo).view(1)
+    return S.abs().amax(dim=(0, 1, 3, 4))

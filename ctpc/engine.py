@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .dynamics import Params
+from .dynamics import Params, peak
 from .integrators import with_dt
 
 
@@ -47,11 +47,6 @@ class Integration:
         for r, state in self.frozen.items():
             S[:, :, r] = state
         return S
-
-
-def peak(S: torch.Tensor) -> torch.Tensor:
-    """[R] max |S| per replica (NaN propagates, so a non-finite state fails the bound)."""
-    return S.abs().amax(dim=(0, 1, 3, 4))
 
 
 def divergence_bounds(S0: torch.Tensor, divergence_bound: float,
@@ -79,8 +74,8 @@ def integrate(solver, carry, p: Params, n_steps: int, *, check_every: int | None
 
     ``check_every``: steps between divergence checks (host syncs); None: no check (the caller
     detects non-finite values itself, e.g. training at its own sync points). ``bound``: a number
-    or one per replica [R] (see :func:`divergence_bounds`). ``observe(step,
-    S)`` is called after every step (recording). ``progress(k)`` after every chunk of k steps.
+    or one per replica [R] (see :func:`divergence_bounds`). ``observe(step, solver, carry)`` is
+    called after every step (recording). ``progress(k)`` after every chunk of k steps.
     """
     R = p.x.shape[0]
     done = np.full(R, n_steps, dtype=np.int64)
@@ -96,13 +91,17 @@ def integrate(solver, carry, p: Params, n_steps: int, *, check_every: int | None
         chunk = min(chunk_len, n_steps - step)
         # a solver that steps its carry in place hands out a copy to replay from
         snapshot, snap_solver = _snapshot(solver, carry), solver
-        for j in range(chunk):
-            carry = solver.step(carry, p, last=step + j + 1 == n_steps)
-            S = solver.state(carry)
-            if peaks is not None:
-                peaks[j] = peak(S)
-            if observe is not None:
-                observe(step + j + 1, S)
+        if observe is None and hasattr(solver, "advance"):
+            # nothing to see between steps: the solver runs the chunk its own way (compiled)
+            carry = solver.advance(carry, p, chunk, step + chunk == n_steps, peaks)
+        else:
+            for j in range(chunk):
+                carry = solver.step(carry, p, last=step + j + 1 == n_steps)
+                S = solver.state(carry)
+                if peaks is not None:
+                    peaks[j] = peak(S)
+                if observe is not None:
+                    observe(step + j + 1, solver, carry)
         if peaks is not None:
             bad = ~torch.isfinite(peaks[:chunk]) | (peaks[:chunk] > bound)
             bad &= torch.as_tensor(alive, device=bad.device)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .dynamics import POP_ERR, POP_H, POP_LAM, Dynamics, Params, Scalar
+from .dynamics import POP_ERR, POP_H, POP_LAM, Dynamics, Params, Scalar, peak
 from .network import Residuals
 from .schemes import SchemeInfo, scheme as scheme_info
 
@@ -67,6 +67,10 @@ class ExplicitRK:
     def state(self, carry) -> torch.Tensor:
         return carry[0] if isinstance(carry, tuple) else carry
 
+    def residuals(self, carry, p: Params) -> Residuals:
+        """The network pass at the carry's state (computed: RK carries only the state)."""
+        return self.dyn.residuals(self.state(carry), p)
+
     def step(self, y, p: Params, last: bool = False):
         rhs = self.rhs or self.dyn.rhs
         tab, dt = self.info.tableau, self.dt
@@ -81,16 +85,24 @@ class GSCarry:
     that :meth:`GaussSeidel.step` updates in place (no allocation per step).
 
     S [P, H, R, B, N]; r [H, R, B, N] residuals; a = phi(h); out_err = y_hat - y [R, B, O];
-    scratch buffers for the credit, the back-projected credit (also the predictions of the
-    network pass) and the output feedback."""
+    scratch buffers for the credit g, the back-projected credit (also the predictions of the
+    network pass), the output feedback and phi'(h). Every slice the step reads is made once,
+    here, so a step spends its time in kernels, not in building views."""
 
     def __init__(self, S: torch.Tensor, r: torch.Tensor, a: torch.Tensor, out_err: torch.Tensor,
-                 y: torch.Tensor):
-        self.S, self.r, self.a, self.out_err, self.y = S, r, a, out_err, y
+                 y: torch.Tensor, leaky: bool):
+        self.S, self.r, self.a, self.out_err, self.y, self.leaky = S, r, a, out_err, y, leaky
         self.g = torch.empty_like(r)
         self.back = torch.empty_like(r[1:])
         self.fb_out = torch.empty_like(r[-1])
-        self.mask = None
+        self.slope = torch.empty_like(r)            # phi'(h) (relu: 0/1 as a float mask)
+        self.h, self.lam = S[POP_H], S[POP_LAM]
+        self.err = S[POP_ERR] if leaky else r       # what the error neurons report
+        self.h_lo, self.h_hi, self.h_top = self.h[:-1], self.h[1:], self.h[-1]
+        self.h_lo_f, self.a_lo_f = _flat(self.h_lo), _flat(a[:-1])
+        self.g_hi, self.g_hi_f = self.g[1:], _flat(self.g[1:])
+        self.back_f, self.r_hi = _flat(self.back), r[1:]
+        self.slope_lo, self.slope_top = self.slope[:-1], self.slope[-1]
 
     @property
     def resid(self) -> Residuals:
@@ -99,7 +111,7 @@ class GSCarry:
 
     def clone(self) -> "GSCarry":
         return GSCarry(self.S.clone(), self.r.clone(), self.a.clone(), self.out_err.clone(),
-                       self.y)
+                       self.y, self.leaky)
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -123,95 +135,180 @@ class GaussSeidel:
     info: SchemeInfo
     inner_steps: int = 1
     final_dual: bool = True
+    compile: bool = False
+
+    def advance(self, c: GSCarry, p: Params, n: int, last: bool, peaks: torch.Tensor | None):
+        """``n`` steps (the last of the run if ``last``), the peak |S| of each replica after each
+        step into ``peaks[:n]`` when given. With ``compile`` (instantaneous errors), the n steps
+        are one ``torch.compile``d program: the elementwise work of a step fuses into a few
+        loops around the batched products (see docs/benchmarks.md for when that pays off)."""
+        if self.compile and not c.leaky:
+            return _compiled_advance(self, c, p, n, last, peaks)
+        for j in range(n):
+            self.step(c, p, last=last and j + 1 == n)
+            if peaks is not None:
+                peaks[j] = peak(c.S)
+        return c
 
     def init(self, S: torch.Tensor, p: Params) -> GSCarry:
         """A carry of its own (S is copied): the caller's tensor is never modified."""
         p.check_current()
         S = S.clone()
         resid = self.dyn.residuals(S, p)
-        return GSCarry(S, resid.r, resid.a, resid.y_hat - p.y, p.y)
+        return GSCarry(S, resid.r, resid.a, resid.y_hat - p.y, p.y, self.dyn.leaky)
 
     def state(self, carry: GSCarry) -> torch.Tensor:
         return carry.S
 
+    def residuals(self, carry: GSCarry, p: Params) -> Residuals:
+        """The network pass at the carry's state: carried, not recomputed."""
+        return carry.resid
+
     def snapshot(self, carry: GSCarry) -> GSCarry:
         return carry.clone()
 
-    def step(self, carry: GSCarry, p: Params, last: bool = False) -> GSCarry:
-        dyn, k = self.dyn, p.rates
+    def step(self, c: GSCarry, p: Params, last: bool = False) -> GSCarry:
+        k, dt = p.rates, self.dt
+        c_h = dt * k.k_h
         for _ in range(self.inner_steps):
-            self._primal(carry, p, self.dt * k.k_h)
-            self._network_pass(carry, p)
+            self._primal(c, p, c_h)
+            self._network_pass(c, p)
         if self.final_dual or not last:
-            S = carry.S
-            if dyn.leaky:                                   # e += c_e (r - e)
-                c_e = self.dt * k.k_e
-                axpy_(S[POP_ERR], S[POP_ERR], -c_e)
-                axpy_(S[POP_ERR], carry.r, c_e)
+            if c.leaky:                                     # e += c_e (r - e)
+                c_e = dt * k.k_e
+                axpy_(c.err, c.err, -c_e)
+                axpy_(c.err, c.r, c_e)
             if _nonzero(k.k_lam):                           # lam += c_lam e
-                axpy_(S[POP_LAM], S[POP_ERR] if dyn.leaky else carry.r, self.dt * k.k_lam)
-        return carry
+                axpy_(c.lam, c.err, dt * k.k_lam)
+        return c
 
     def _primal(self, c: GSCarry, p: Params, c_h: Scalar) -> None:
         """h -= c_h dL/dh (spec section 2), in place, from the carried network pass."""
-        net, w = self.dyn.net, p.weights
-        S, g = c.S, c.g
-        h, lam = S[POP_H], S[POP_LAM]
-        err = S[POP_ERR] if self.dyn.leaky else c.r
+        net = self.dyn.net
         rho = p.rates.rho
         if isinstance(rho, torch.Tensor):
-            torch.addcmul(lam, err, rho, out=g)             # g = lam + rho e
+            torch.addcmul(c.lam, c.err, rho, out=c.g)       # g = lam + rho e
         else:
-            torch.add(lam, err, alpha=rho, out=g)
-        d = self._slope(c, h)
-        torch.bmm(c.out_err, w.w_out, out=c.fb_out)         # (y_hat - y) W_L
-        if d is not None:
-            c.fb_out.mul_(d[-1])
-        axpy_(h, g, -c_h)                                   # h -= c_h g
-        axpy_(h[-1], c.fb_out, -c_h * net.s_out)            # output term on the top layer
+            torch.add(c.lam, c.err, alpha=rho, out=c.g)
+        slope = self._slope(c)
+        torch.bmm(c.out_err, p.weights.w_out, out=c.fb_out)  # (y_hat - y) W_L
+        if slope:
+            c.fb_out.mul_(c.slope_top)
+        axpy_(c.h, c.g, -c_h)                               # h -= c_h g
+        axpy_(c.h_top, c.fb_out, -c_h * net.s_out)          # output term on the top layer
         if net.n_hidden > 1:
-            back = c.back
-            torch.bmm(_flat(g[1:]), _flat(w.w_mid), out=_flat(back))   # g_{l+1} W_{l+1}
-            axpy_(h[:-1], g[1:], c_h)                       # + c_h J^T g: identity part
-            if d is None:
-                axpy_(h[:-1], back, c_h * net.s_mid)
+            torch.bmm(c.g_hi_f, p.w_mid_f, out=c.back_f)    # g_{l+1} W_{l+1}, all layers
+            axpy_(c.h_lo, c.g_hi, c_h)                      # + c_h J^T g: identity part
+            if not slope:
+                axpy_(c.h_lo, c.back, c_h * net.s_mid)
             elif isinstance(c_h, torch.Tensor):
-                h[:-1].addcmul_(back, d[:-1] * (c_h * net.s_mid))
+                c.h_lo.addcmul_(c.back, c.slope_lo * (c_h * net.s_mid))
             else:
-                h[:-1].addcmul_(back, d[:-1], value=c_h * net.s_mid)
+                c.h_lo.addcmul_(c.back, c.slope_lo, value=c_h * net.s_mid)
 
-    def _slope(self, c: GSCarry, h: torch.Tensor):
-        """phi'(h) (a mask for relu, None for linear) into a reused buffer."""
+    def _slope(self, c: GSCarry) -> bool:
+        """phi'(h) into c.slope; False for linear (phi' = 1 is skipped)."""
         act = self.dyn.net.activation
-        if act == "linear":
-            return None
-        if c.mask is None:
-            c.mask = torch.empty(h.shape, device=h.device,
-                                 dtype=torch.bool if act == "relu" else h.dtype)
         if act == "relu":
-            return torch.gt(h, 0, out=c.mask)
-        return torch.addcmul(torch.ones((), device=h.device, dtype=h.dtype), c.a, c.a,
-                             value=-1, out=c.mask)        # 1 - tanh(h)^2
+            torch.gt(c.h, 0, out=c.slope)
+        elif act == "tanh":
+            torch.mul(c.a, c.a, out=c.slope)
+            c.slope.neg_().add_(1.0)                       # 1 - tanh(h)^2
+        return act != "linear"
 
     def _network_pass(self, c: GSCarry, p: Params) -> None:
         """a = phi(h), r = h - pred(h), y_hat - y: in place, one batched product per pass."""
-        net, w = self.dyn.net, p.weights
-        h = c.S[POP_H]
+        net = self.dyn.net
         if net.activation == "relu":
-            torch.clamp(h, min=0, out=c.a)
+            torch.clamp(c.h, min=0, out=c.a)
         elif net.activation == "tanh":
-            torch.tanh(h, out=c.a)
+            torch.tanh(c.h, out=c.a)
         else:
-            c.a.copy_(h)
-        torch.sub(h[0], p.drive, out=c.r[0])
+            c.a.copy_(c.h)
+        torch.sub(c.h[0], p.drive, out=c.r[0])
         if net.n_hidden > 1:
             # pred = h + s_mid a W^T by the same kernel as the feed-forward pass, so a layer the
             # credit has not reached keeps r = 0 exactly (not round-off noise)
-            torch.baddbmm(_flat(h[:-1]), _flat(c.a[:-1]), _flat(w.w_mid).transpose(1, 2),
-                          alpha=net.s_mid, out=_flat(c.back))
-            torch.sub(h[1:], c.back, out=c.r[1:])
-        torch.baddbmm(p.y, c.a[-1], w.w_out.transpose(1, 2), beta=-1, alpha=net.s_out,
-                      out=c.out_err)
+            torch.baddbmm(c.h_lo_f, c.a_lo_f, p.w_mid_f_t, alpha=net.s_mid, out=c.back_f)
+            torch.sub(c.h_hi, c.back, out=c.r_hi)
+        torch.baddbmm(p.y, c.a[-1], p.w_out_t, beta=-1, alpha=net.s_out, out=c.out_err)
+
+
+def _gs_chunk(h, lam, r, a, out_err, drive, y, w_mid_f, w_mid_f_t, w_out, w_out_t, rho, c_h,
+              c_lam, *, s_mid: float, s_out: float, activation: str, n: int, inner: int,
+              dual_after_last: bool, with_peaks: bool):
+    """n Gauss-Seidel steps as pure tensor code (what torch.compile fuses): the same arithmetic
+    as :meth:`GaussSeidel.step` for instantaneous error neurons; rho, c_h, c_lam are tensors
+    ([R, 1, 1] or 0-d) so that new values never cause a recompilation."""
+    H = h.shape[0]
+    peaks = []
+    for i in range(n):
+        for _ in range(inner):
+            g = lam + rho * r
+            if activation == "relu":
+                slope = (h > 0).to(h.dtype)
+            elif activation == "tanh":
+                slope = 1.0 - a * a
+            else:
+                slope = None
+            fb = torch.bmm(out_err, w_out)
+            if slope is not None:
+                fb = fb * slope[-1]
+            h = h - c_h * g
+            top = h[-1] - (c_h * s_out) * fb
+            if H > 1:
+                back = torch.bmm(g[1:].flatten(0, 1), w_mid_f).view_as(g[1:])
+                if slope is not None:
+                    back = back * slope[:-1]
+                lo = h[:-1] + c_h * g[1:] + (c_h * s_mid) * back
+                h = torch.cat([lo, top[None]])
+            else:
+                h = top[None]
+            if activation == "relu":
+                a = torch.relu(h)
+            elif activation == "tanh":
+                a = torch.tanh(h)
+            else:
+                a = h
+            r0 = h[0] - drive
+            if H > 1:
+                pred = torch.baddbmm(h[:-1].flatten(0, 1), a[:-1].flatten(0, 1), w_mid_f_t,
+                                     alpha=s_mid).view_as(h[1:])
+                r = torch.cat([r0[None], h[1:] - pred])
+            else:
+                r = r0[None]
+            out_err = torch.baddbmm(y, a[-1], w_out_t, beta=-1, alpha=s_out)
+        if i + 1 < n or dual_after_last:
+            lam = lam + c_lam * r
+        if with_peaks:
+            peaks.append(torch.maximum(h.abs().amax(dim=(0, 2, 3)), lam.abs().amax(dim=(0, 2, 3))))
+    return h, lam, r, a, out_err, (torch.stack(peaks) if with_peaks else None)
+
+
+_COMPILED = {}
+
+
+def _compiled_advance(solver: "GaussSeidel", c: GSCarry, p: Params, n: int, last: bool,
+                      peaks: torch.Tensor | None) -> GSCarry:
+    net = solver.dyn.net
+    fn = _COMPILED.get("gs")
+    if fn is None:
+        fn = _COMPILED["gs"] = torch.compile(_gs_chunk, dynamic=False)
+    as_t = lambda v: v if isinstance(v, torch.Tensor) else torch.tensor(
+        v, device=c.h.device, dtype=c.h.dtype)
+    k = p.rates
+    dual_after_last = not last or solver.final_dual
+    c_lam = solver.dt * k.k_lam
+    h, lam, r, a, out_err, pk = fn(
+        c.h, c.lam, c.r, c.a, c.out_err, p.drive, p.y, p.w_mid_f, p.w_mid_f_t, p.weights.w_out,
+        p.w_out_t, as_t(k.rho), as_t(solver.dt * k.k_h), as_t(c_lam), s_mid=net.s_mid,
+        s_out=net.s_out, activation=net.activation, n=n, inner=solver.inner_steps,
+        dual_after_last=dual_after_last, with_peaks=peaks is not None)
+    for buf, new in ((c.h, h), (c.lam, lam), (c.r, r), (c.a, a), (c.out_err, out_err)):
+        buf.copy_(new)
+    if peaks is not None:
+        peaks[:n] = pk
+    return c
 
 
 def _nonzero(c: Scalar) -> bool:
@@ -220,14 +317,15 @@ def _nonzero(c: Scalar) -> bool:
 
 def make_solver(dyn: Dynamics, scheme: str, dt: Scalar, *, inner_steps: int = 1,
                 weight_credit_timing: str = "pre_dual", compile: bool = False):
-    """The solver of ``scheme`` (a name of :data:`ctpc.schemes.SCHEMES`) with step ``dt`` (ms)."""
+    """The solver of ``scheme`` (a name of :data:`ctpc.schemes.SCHEMES`) with step ``dt`` (ms).
+    ``compile``: torch.compile chunks of Gauss-Seidel steps (explicit RK schemes run eagerly)."""
     info = scheme_info(scheme)
     if not info.gauss_seidel:
         return ExplicitRK(dyn, dt, info)
     if info.name == "discrete":
         return GaussSeidel(dyn, dt, info, inner_steps,
-                           final_dual=weight_credit_timing == "post_dual")
-    return GaussSeidel(dyn, dt, info)
+                           final_dual=weight_credit_timing == "post_dual", compile=compile)
+    return GaussSeidel(dyn, dt, info, compile=compile)
 
 
 def with_dt(solver, dt: Scalar):

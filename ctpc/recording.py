@@ -119,17 +119,19 @@ class Recorder:
     def due(self, step: int) -> bool:
         return self._next < len(self.plan.steps) and self.plan.steps[self._next] == step
 
-    def maybe_record(self, step: int, S: torch.Tensor, p: Params) -> None:
+    def maybe_record(self, step: int, S: torch.Tensor, p: Params, residuals=None) -> None:
+        """Record if ``step`` is due; ``residuals()`` gives the network pass at S when the
+        caller has it already (the Gauss-Seidel carry does), else it is computed."""
         if self.due(step):
-            self.record(step, S, p)
+            self.record(step, S, p, residuals() if residuals is not None else None)
 
     def _values(self, S: torch.Tensor, p: Params, resid):
         err, credit = self.dyn.error(S, resid), self.dyn.credit(S, resid, p)
         return {"h": S[POP_H], "lam": S[POP_LAM], "err": err, "credit": credit}
 
-    def _write(self, i: int, S: torch.Tensor, p: Params) -> None:
+    def _write(self, i: int, S: torch.Tensor, p: Params, resid=None) -> None:
         dyn = self.dyn
-        resid = dyn.residuals(S, p)
+        resid = dyn.residuals(S, p) if resid is None else resid
         values = self._values(S, p, resid)
         err, credit = values["err"], values["credit"]
         for name, buf in self.traces.items():
@@ -143,9 +145,9 @@ class Recorder:
         self.series["bp_cos"][i] = cos
         self.series["bp_relerr"][i] = rel
 
-    def record(self, step: int, S: torch.Tensor, p: Params) -> None:
+    def record(self, step: int, S: torch.Tensor, p: Params, resid=None) -> None:
         """Write the state at ``step`` (every replica) into the next free slot."""
-        self._write(len(self.slot_steps), S, p)
+        self._write(len(self.slot_steps), S, p, resid)
         self.slot_steps.append(step)
         self._next = int(np.searchsorted(self.plan.steps, step, side="right"))
 

@@ -42,7 +42,8 @@ def run_replicas(cfgs: list[Config], progress: bool = True) -> list[RunResult]:
         rec.record(0, solver.state(carry), p)
         out = integrate(solver, carry, p, n, check_every=it.check_every,
                         bound=divergence_bounds(S0, it.divergence_bound, it.growth_bound),
-                        observe=lambda step, S: rec.maybe_record(step, S, p),
+                        observe=lambda step, slv, c: rec.maybe_record(
+                            step, slv.state(c), p, lambda: slv.residuals(c, p)),
                         progress=bar.update)
         return rec.results(out.final_state(), p, out.steps_completed, out.diverged_step,
                            dt=[c.integrator.dt for c in cfgs], backend="torch",

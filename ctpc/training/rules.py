@@ -68,8 +68,7 @@ class InferenceRule:
         loss0 = mse_loss(dyn.residuals(S0, p).y_hat, y)
         # No divergence check here: training finds non-finite values at its own sync points.
         out = integrate(self.solver, carry, p, self.n_steps, check_every=None)
-        S = out.final_state()
-        return S, dyn.residuals(S, p), p, loss0
+        return out.final_state(), out.solver.residuals(out.carry, p), p, loss0
 
     def __call__(self, w: Weights, x: torch.Tensor, y: torch.Tensor):
         S, resid, p, loss0 = self.infer(w, x, y)
