@@ -7,6 +7,7 @@ Full traces ``[time, layer, sample, unit]`` are kept for the selection in ``reco
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ import torch
 from .config import Config
 from .dynamics import POP_H, POP_LAM, Dynamics, Params
 from .memory import check_trace_size
-from .network import Weights, rms_norm
+from .network import Weights
 from .reference import BPReference
 from .results import SERIES_LAYER, SERIES_SCALAR, SERIES_WEIGHT, RunResult
 
@@ -62,25 +63,31 @@ def plan_recording(cfg: Config) -> RecordPlan:
     return plan
 
 
-def _per_weight(fn, est: Weights, ref: Weights) -> torch.Tensor:
-    """fn(estimate, bp) summed over each matrix, the L-2 square ones batched -> [L, R]."""
-    dims = (-2, -1)
-    return torch.cat([fn(est.w_in, ref.w_in).sum(dims)[None],
-                      fn(est.w_mid, ref.w_mid).sum(dims),
-                      fn(est.w_out, ref.w_out).sum(dims)[None]])
+def _blocks(w: Weights):
+    """The three weight blocks with the replica axis second-to-last: [1|H-1, R, n_elements]."""
+    return (w.w_in.flatten(-2)[None], w.w_mid.flatten(-2), w.w_out.flatten(-2)[None])
 
 
-def alignment(est: Weights, ref: Weights) -> tuple[torch.Tensor, torch.Tensor]:
+def weight_norms(w: Weights) -> torch.Tensor:
+    """[L, R] Frobenius norm of each weight matrix (one reduction per block)."""
+    return torch.cat([torch.linalg.vector_norm(b, dim=-1) for b in _blocks(w)])
+
+
+def alignment(est: Weights, ref: Weights, ref_norm: torch.Tensor | None = None):
     """(cosine [L, R], relative error [L, R]) of each weight matrix's estimate against BP.
+    ``ref_norm``: :func:`weight_norms` of ``ref`` when known (it is constant over a run).
 
     An estimate that is exactly zero (e.g. every hidden layer at the feed-forward start, where
     r = 0 and lambda = 0) has cosine 0: it carries no alignment."""
-    dots = _per_weight(lambda g, b: g * b, est, ref)
-    norms = _per_weight(lambda g, b: g * g, est, ref).sqrt()
-    bp_norm = _per_weight(lambda g, b: b * b, est, ref).sqrt()
-    diff = _per_weight(lambda g, b: (g - b).square(), est, ref).sqrt()
-    cos = torch.where(norms > 0, dots / (norms * bp_norm), torch.zeros_like(dots))
-    return cos, diff / bp_norm
+    ref_norm = weight_norms(ref) if ref_norm is None else ref_norm
+    dots, norms, diff = [], [], []
+    for g, b in zip(_blocks(est), _blocks(ref)):
+        dots.append(torch.linalg.vecdot(g, b))
+        norms.append(torch.linalg.vector_norm(g, dim=-1))
+        diff.append(torch.linalg.vector_norm(g - b, dim=-1))
+    dots, norms, diff = torch.cat(dots), torch.cat(norms), torch.cat(diff)
+    cos = torch.where(norms > 0, dots / (norms * ref_norm), torch.zeros_like(dots))
+    return cos, diff / ref_norm
 
 
 class Recorder:
@@ -94,11 +101,13 @@ class Recorder:
         # one spare slot: the final state of each replica, at its own last step
         n_t, n_h, n_w, R = len(plan.steps) + 1, net.n_hidden, net.depth, replicas
         _, l, s, u = plan.trace_shape
-        self.traces = {v: torch.zeros(n_t, l, R, s, u, device=dev, dtype=dt)
+        # empty, not zeros: a slot is only ever read after it was written
+        self.traces = {v: torch.empty(n_t, l, R, s, u, device=dev, dtype=dt)
                        for v in plan.variables}
-        self.series = {k: torch.zeros(n_t, R, device=dev, dtype=dt) for k in SERIES_SCALAR}
-        self.series |= {k: torch.zeros(n_t, n_h, R, device=dev, dtype=dt) for k in SERIES_LAYER}
-        self.series |= {k: torch.zeros(n_t, n_w, R, device=dev, dtype=dt) for k in SERIES_WEIGHT}
+        self.series = {k: torch.empty(n_t, R, device=dev, dtype=dt) for k in SERIES_SCALAR}
+        self.series |= {k: torch.empty(n_t, n_h, R, device=dev, dtype=dt) for k in SERIES_LAYER}
+        self.series |= {k: torch.empty(n_t, n_w, R, device=dev, dtype=dt) for k in SERIES_WEIGHT}
+        self.bp_norm = weight_norms(bp.grads)              # [L, R], constant over the run
         idx = lambda a: torch.as_tensor(a, device=dev, dtype=torch.long)
         self._layer_idx = None if plan.all_layers else idx(plan.layers - 1)
         self._sample_idx = None if plan.all_samples else idx(plan.samples)
@@ -139,9 +148,13 @@ class Recorder:
         energy, loss = dyn.energy(S, resid, p)
         self.series["energy"][i] = energy
         self.series["loss"][i] = loss
+        inv_sqrt_b = 1.0 / math.sqrt(p.x.shape[1])
         for key, t in zip(SERIES_LAYER, (resid.r, err, S[POP_LAM], credit)):
-            self.series[key][i] = rms_norm(t)
-        cos, rel = alignment(dyn.weight_gradients(S, resid, p), self.bp.grads)
+            # RMS over the batch of each sample's norm = ||t_l||_F / sqrt(B): one reduction
+            torch.mul(torch.linalg.vector_norm(t, dim=(-2, -1)), inv_sqrt_b,
+                      out=self.series[key][i])
+        grads = dyn.net.weight_gradients(resid.a, resid.y_hat, credit, p.x, p.y)
+        cos, rel = alignment(grads, self.bp.grads, self.bp_norm)
         self.series["bp_cos"][i] = cos
         self.series["bp_relerr"][i] = rel
 
@@ -161,28 +174,38 @@ class Recorder:
         ``slot_traces``: traces recorded elsewhere (the Brian2 backend's StateMonitors), var ->
         [slots, layers, R, samples, units] for the slots recorded so far; the final state's
         traces are added here, from ``S``, as for the recorder's own buffers."""
-        final = len(self.slot_steps)
-        self._write(final, S, p)
+        slot_steps = np.asarray(self.slot_steps, dtype=np.int64)
+        done = np.asarray(steps_completed, dtype=np.int64)
+        n = len(slot_steps)
+        # Usually every replica's final state is the last recorded slot already; otherwise
+        # (a replica diverged between record steps) one more slot holds each final state.
+        extra = not (n and (slot_steps[-1] == done).all() and not slot_traces)
+        if extra:
+            self._write(n, S, p)
         with torch.no_grad():
             resid = self.dyn.residuals(S, p)
-            grads = self.dyn.weight_gradients(S, resid, p)
+            grads = self.dyn.net.weight_gradients(resid.a, resid.y_hat,
+                                                  self.dyn.credit(S, resid, p), p.x, p.y)
+        host = lambda t: t.detach().cpu().numpy()        # no copy on the CPU
+        used = n + extra
+        traces = {k: host(v[:used]) for k, v in self.traces.items()}
+        if slot_traces:
             values = self._values(S, p, resid)
-        host = lambda t: t.detach().cpu().numpy()
-        traces = {k: host(v[:final + 1]) for k, v in self.traces.items()}
-        for k, v in (slot_traces or {}).items():
-            traces[k] = np.concatenate([v[:final], host(self._select(values[k]))[None]])
-        series = {k: host(v[:final + 1]) for k, v in self.series.items()}
+            for k, v in slot_traces.items():
+                traces[k] = np.concatenate([v[:n], host(self._select(values[k]))[None]])
+        series = {k: host(v[:used]) for k, v in self.series.items()}
         adjoint = host(self.bp.adjoint_norm)
         grads_h = [[host(m) for m in grads.matrices(r)] for r in range(self.replicas)]
         bp_h = [[host(m) for m in self.bp.grads.matrices(r)] for r in range(self.replicas)]
-        slot_steps = np.asarray(self.slot_steps, dtype=np.int64)
         wall = time.perf_counter() - t0
         out = []
         for r in range(self.replicas):
-            done = int(steps_completed[r])
-            keep = np.append(np.flatnonzero(slot_steps < done), final)
+            d = int(done[r])
+            # slots before this replica's last step, then its final state
+            keep = slice(None) if not extra else np.append(np.flatnonzero(slot_steps < d), n)
+            steps = slot_steps if not extra else np.append(slot_steps[slot_steps < d], d)
             out.append(RunResult(
-                steps=np.append(slot_steps[slot_steps < done], done), dt=float(dt[r]),
+                steps=steps, dt=float(dt[r]),
                 traces={k: v[keep][:, :, r] for k, v in traces.items()},
                 series={k: v[keep][..., r] for k, v in series.items()},
                 grads=grads_h[r], bp_grads=bp_h[r], bp_adjoint_norm=adjoint[:, r],
@@ -190,6 +213,6 @@ class Recorder:
                 all_layers=self.plan.all_layers, n_hidden=self.dyn.net.n_hidden,
                 status="ok" if diverged_step[r] is None else "diverged",
                 diverged_at=None if diverged_step[r] is None else diverged_step[r] * float(dt[r]),
-                steps_completed=done, backend=backend, device=device, wall_time_s=wall,
+                steps_completed=d, backend=backend, device=device, wall_time_s=wall,
                 extra_attrs=extra_attrs, diverged_reason=(reasons or [None] * self.replicas)[r]))
         return out
