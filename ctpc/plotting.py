@@ -1,6 +1,6 @@
-"""Figures for the stability and propagation studies, drawn from saved datasets and
-``ctpc.analysis`` results (so sims/ scripts and the notebooks in analysis/ draw the same
-pictures from the same files). Nothing here computes physics."""
+"""Figures for the stability, propagation and training-grid studies, drawn from saved
+datasets and ``ctpc.analysis`` results (so sims/ scripts and the notebooks in analysis/ draw
+the same pictures from the same files). Nothing here computes physics."""
 from __future__ import annotations
 
 import numpy as np
@@ -167,3 +167,222 @@ def plot_credit_distribution(results: dict[str, xr.Dataset], ax=None):
            ylabel="credit / BP adjoint norm")
     ax.legend(fontsize=8)
     return ax
+
+
+# ------------------------------------------------------------------ training grids
+# A training grid is a training sweep (``python -m ctpc.sweep`` on a config with a ``training:``
+# section, or ``sims/grid.py``) whose dimensions are these config keys. A dimension the dataset
+# lacks is added with length 1, so a grid of one activation or one seed draws the same way.
+METHOD, WIDTH, DEPTH, ACT, SEED = ("dynamics.method", "network.width", "network.depth",
+                                   "network.activation", "seed")
+GRID_DIMS = (METHOD, WIDTH, DEPTH, ACT, SEED)
+METHOD_LABELS = {"bp": "BP", "pc": "PC", "pcalm": "PC-ALM"}
+METHOD_COLORS = {"bp": "k", "pc": "C3", "pcalm": "C0"}
+
+
+def as_grid(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with every one of GRID_DIMS as a dimension (a missing one gets length 1: its
+    scalar coordinate's value if there is one, else '')."""
+    for d in GRID_DIMS:
+        if d not in ds.dims:
+            ds = ds.expand_dims(d) if d in ds.coords else ds.expand_dims({d: [""]})
+    return ds
+
+
+def ok_cells(ds: xr.Dataset, name: str) -> xr.DataArray:
+    """Variable ``name`` of a grid, NaN where a cell's ``status`` is not 'ok' (diverged,
+    crashed or never run)."""
+    ds = as_grid(ds)
+    da = ds[name]
+    return da.where(ds["status"] == "ok") if "status" in ds else da
+
+
+def last_evaluation(ds: xr.Dataset, name: str) -> xr.DataArray:
+    """Variable ``name`` (with an ``eval`` dim) at each cell's last evaluation (``eval_mask``
+    says which evaluations are real; cells of one sweep share the schedule but a diverged cell
+    stops early), NaN where the cell is not ok."""
+    ds = as_grid(ds)
+    da = ok_cells(ds, name)
+    pos = xr.DataArray(np.arange(ds.sizes["eval"]), dims="eval")
+    if "eval_mask" in ds:
+        last = pos.where(ds["eval_mask"]).max("eval")
+    else:
+        last = xr.full_like(pos.max(), ds.sizes["eval"] - 1)
+    return da.where(pos == last).sum("eval", min_count=1)
+
+
+def _methods(ds: xr.Dataset) -> list[str]:
+    present = [str(m) for m in ds[METHOD].values]
+    return [m for m in METHOD_LABELS if m in present] + \
+        [m for m in present if m not in METHOD_LABELS]
+
+
+def _label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def _heatmap(ax, z: xr.DataArray, cmap, vmin: float, vmax: float, text) -> object:
+    """z [width, depth] as coloured cells, each annotated with ``text(i, j)`` (NaN: grey, —).
+    Widths grow upwards, depths to the right; both axes are categorical."""
+    from matplotlib import colormaps
+    z = z.transpose(WIDTH, DEPTH)
+    cmap = colormaps[cmap].with_extremes(bad="0.88")
+    im = ax.imshow(z.values, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    depths, widths = z[DEPTH].values, z[WIDTH].values
+    ax.set_xticks(range(len(depths)), [str(int(d)) for d in depths])
+    ax.set_yticks(range(len(widths)), [str(int(w)) for w in widths])
+    ax.set(xlabel="depth L", ylabel="width N")
+    for i in range(len(widths)):
+        for j in range(len(depths)):
+            v = float(z.values[i, j])
+            if np.isfinite(v):
+                r, g, b, _ = cmap((v - vmin) / (vmax - vmin) if vmax > vmin else 0.5)
+                colour = "k" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "w"
+                ax.text(j, i, text(i, j), ha="center", va="center", fontsize=7.5, color=colour)
+            else:
+                ax.text(j, i, "—", ha="center", va="center", fontsize=8, color="0.4")
+    return im
+
+
+def accuracy_heatmaps_figure(ds: xr.Dataset, var: str = "final_test_acc"):
+    """Final test accuracy (%, mean over seeds, ok cells) over width x depth: one panel per
+    method, one row per activation, one shared colour scale; each cell annotated."""
+    plt = _plt()
+    ds = as_grid(ds)
+    acc = ok_cells(ds, var) * 100
+    mean = acc.mean(SEED)
+    methods, acts = _methods(ds), [str(a) for a in ds[ACT].values]
+    finite = mean.values[np.isfinite(mean.values)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 100.0)
+    fig, axes = plt.subplots(len(acts), len(methods), squeeze=False, layout="constrained",
+                             figsize=(3.3 * len(methods) + 1.2, 2.6 * len(acts) + 0.5))
+    im = None
+    for r, act in enumerate(acts):
+        for c, m in enumerate(methods):
+            z = mean.sel({METHOD: m, ACT: act})
+            im = _heatmap(axes[r, c], z, "viridis", vmin, vmax,
+                          lambda i, j, z=z.transpose(WIDTH, DEPTH): f"{float(z[i, j]):.1f}")
+            axes[r, c].set_title(f"{_label(m)}, {act}" if act else _label(m))
+    fig.colorbar(im, ax=axes, label=f"{'test' if 'test' in var else 'train'} accuracy (%), "
+                                    "mean over seeds", shrink=0.9)
+    return fig
+
+
+def difference_heatmaps_figure(ds: xr.Dataset, pairs=(("pcalm", "bp"), ("pc", "bp")),
+                               var: str = "final_test_acc"):
+    """Per-seed accuracy differences (percentage points) over width x depth, e.g. PC-ALM - BP
+    and PC - BP: mean over seeds as colour (diverging map centred at 0, symmetric), mean and
+    sd written in each cell; one row per activation."""
+    plt = _plt()
+    ds = as_grid(ds)
+    acc = ok_cells(ds, var) * 100
+    present = set(_methods(ds))
+    pairs = [(a, b) for a, b in pairs if a in present and b in present]
+    acts = [str(a) for a in ds[ACT].values]
+    diffs = {(a, b): acc.sel({METHOD: a}) - acc.sel({METHOD: b}) for a, b in pairs}
+    stats = {k: (d.mean(SEED), d.std(SEED, ddof=1)) for k, d in diffs.items()}
+    finite = np.concatenate([np.abs(m.values[np.isfinite(m.values)]).ravel()
+                             for m, _ in stats.values()] or [np.zeros(0)])
+    lim = max(1.0, float(finite.max()) if finite.size else 1.0)
+    fig, axes = plt.subplots(len(acts), max(1, len(pairs)), squeeze=False, layout="constrained",
+                             figsize=(3.6 * max(1, len(pairs)) + 1.2, 2.6 * len(acts) + 0.5))
+    im = None
+    for r, act in enumerate(acts):
+        for c, (a, b) in enumerate(pairs):
+            mean, sd = (s.sel({ACT: act}).transpose(WIDTH, DEPTH) for s in stats[(a, b)])
+
+            def text(i, j, mean=mean, sd=sd):
+                s = float(sd[i, j])
+                return f"{float(mean[i, j]):+.1f}" + (f"\n±{s:.1f}" if np.isfinite(s) else "")
+            im = _heatmap(axes[r, c], mean, "RdBu", -lim, lim, text)
+            name = f"{_label(a)} − {_label(b)}"
+            axes[r, c].set_title(f"{name}, {act}" if act else name)
+    if im is not None:
+        fig.colorbar(im, ax=axes, label="difference (points), mean over seeds", shrink=0.9)
+    return fig
+
+
+def cosine_per_layer_figure(ds: xr.Dataset, width=None, var: str = "bp_cos"):
+    """Final cosine between each method's update of W_l and BP's (last evaluation, probe batch)
+    against the relative layer index l/L (small: input side): one panel per depth, one row per
+    activation, one line per method (mean over seeds, band ± sd), at one ``width`` (default:
+    the narrowest)."""
+    plt = _plt()
+    ds = as_grid(ds)
+    widths = ds[WIDTH].values
+    width = widths.min() if width is None else width
+    cos = last_evaluation(ds, var).sel({WIDTH: width})
+    acts = [str(a) for a in ds[ACT].values]
+    depths = [d for d in ds[DEPTH].values
+              if np.isfinite(cos.sel({DEPTH: d}).values).any()] or list(ds[DEPTH].values)
+    fig, axes = plt.subplots(len(acts), len(depths), squeeze=False, sharey=True,
+                             layout="constrained",
+                             figsize=(2.9 * len(depths) + 0.6, 2.6 * len(acts) + 0.5))
+    for r, act in enumerate(acts):
+        for c, depth in enumerate(depths):
+            ax, L = axes[r, c], int(depth)
+            for m in _methods(ds):
+                cell = cos.sel({METHOD: m, ACT: act, DEPTH: depth})
+                cell = cell.sel(weight=cell["weight"] <= L).transpose("weight", SEED)
+                mean, sd = cell.mean(SEED), cell.std(SEED, ddof=0)
+                x = cell["weight"].values / L
+                colour = METHOD_COLORS.get(m)
+                ax.plot(x, mean.values, "-", marker="." if L <= 16 else None, color=colour,
+                        label=_label(m))
+                ax.fill_between(x, (mean - sd).values, (mean + sd).values, color=colour,
+                                alpha=0.2, lw=0)
+            ax.axhline(0, color="0.6", lw=0.6)
+            ax.set_title(f"N = {int(width)}, L = {L}" + (f", {act}" if act else ""), fontsize=9)
+            ax.set_xlabel("l / L  (W_l; input side left)")
+            if c == 0:
+                ax.set_ylabel("cosine to BP, final")
+    axes[0, 0].legend(fontsize=8)
+    return fig
+
+
+def _default_curve_cells(ds: xr.Dataset) -> list[dict]:
+    """Narrowest and widest width, each at the shallowest and deepest depth it has data for,
+    first activation."""
+    acc = ok_cells(ds, "final_test_acc")
+    act = ds[ACT].values[0]
+    cells = []
+    for w in sorted({ds[WIDTH].values.min(), ds[WIDTH].values.max()}):
+        ran = acc.sel({WIDTH: w, ACT: act}).notnull().any([METHOD, SEED])
+        depths = ds[DEPTH].values[ran.values] if ran.values.any() else ds[DEPTH].values
+        for d in sorted({depths.min(), depths.max()}):
+            cells.append({WIDTH: w, DEPTH: d, ACT: act})
+    return cells
+
+
+def learning_curves_figure(ds: xr.Dataset, cells: list[dict] | None = None,
+                           var: str = "test_acc"):
+    """Accuracy (%) against optimiser update for a few cells (dicts of width, depth,
+    activation; default: narrowest and widest width at the shallowest and deepest depth), one
+    line per method, mean over seeds with a ± sd band."""
+    plt = _plt()
+    ds = as_grid(ds)
+    cells = cells or _default_curve_cells(ds)
+    acc = ok_cells(ds, var) * 100
+    x_all = ds["eval_update"] if "eval_update" in ds else ds["eval"]
+    fig, axes = plt.subplots(1, len(cells), squeeze=False, sharey=True, layout="constrained",
+                             figsize=(3.4 * len(cells) + 0.6, 3.2))
+    for ax, cell in zip(axes[0], cells):
+        sel = {k: v for k, v in cell.items()}
+        for m in _methods(ds):
+            y = acc.sel({**sel, METHOD: m})
+            x = x_all.sel({k: v for k, v in {**sel, METHOD: m}.items() if k in x_all.dims})
+            if SEED in x.dims:
+                x = x.max(SEED)
+            mean, sd = y.mean(SEED), y.std(SEED, ddof=0)
+            keep = np.isfinite(mean.values) & np.isfinite(x.values)
+            colour = METHOD_COLORS.get(m)
+            ax.plot(x.values[keep], mean.values[keep], color=colour, label=_label(m))
+            ax.fill_between(x.values[keep], (mean - sd).values[keep], (mean + sd).values[keep],
+                            color=colour, alpha=0.2, lw=0)
+        act = cell.get(ACT, "")
+        ax.set_title(f"N = {int(cell[WIDTH])}, L = {int(cell[DEPTH])}"
+                     + (f", {act}" if act else ""), fontsize=9)
+        ax.set_xlabel("update")
+    axes[0, 0].set_ylabel(f"{'test' if 'test' in var else 'train'} accuracy (%)")
+    axes[0, 0].legend(fontsize=8)
+    return fig
