@@ -333,7 +333,7 @@ class Config(_Strict):
         return _plain(self.model_dump(mode="python"))
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.dump(self.to_dict(), Dumper=_YAML_DUMPER, sort_keys=False)
 
 
 def _check_brian2(cfg: "Config") -> None:
@@ -352,6 +352,11 @@ def _check_brian2(cfg: "Config") -> None:
             "brian2.construction 'network_operation' runs Python code during the run, which "
             "brian2.target 'cpp_standalone' cannot do; use construction: synapses with "
             "cpp_standalone, or target: numpy / cython with network_operation")
+
+
+# libyaml's emitter when PyYAML was built with it (4x faster than the pure-Python one: the
+# resolved config is stored in every output file)
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def _plain(obj: Any) -> Any:

@@ -8,6 +8,9 @@ and the config's batch (it does not follow the weights during training).
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from .config import Config
@@ -62,8 +65,36 @@ def _top_ritz(alphas: list, betas: list) -> torch.Tensor:
     return torch.linalg.eigvalsh(T)[:, -1]
 
 
+_MEMO: dict = {}
+
+
+def _memo_key(cfg: Config, iters: int, rtol: float) -> str:
+    """What lambda_max depends on: the network, its initial weights (seed or file), the batch,
+    rho. Not the method, the step sizes or the training options: the cells of a sweep that
+    differ only in those share one computation."""
+    d = cfg.to_dict()
+    return json.dumps([d["network"], d["data"], d["seed"], d["dynamics"]["rho"], iters, rtol,
+                       _file_stamp(cfg.network.weights), _file_stamp(cfg.data.path)],
+                      sort_keys=True, default=str)
+
+
+def _file_stamp(path) -> tuple | None:
+    if path is None:
+        return None
+    st = Path(path).stat()
+    return (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
 def activity_hessian_lambda_max(cfg: Config, iters: int = 5000, rtol: float = 1e-12) -> float:
-    """lambda_max for one config's network and batch (float64, CPU)."""
+    """lambda_max for one config's network and batch (float64, CPU); remembered per process
+    for configs that share network, weights, batch and rho."""
+    key = _memo_key(cfg, iters, rtol)
+    if key not in _MEMO:
+        _MEMO[key] = _lambda_max_of(cfg, iters, rtol)
+    return _MEMO[key]
+
+
+def _lambda_max_of(cfg: Config, iters: int, rtol: float) -> float:
     cfg = cfg.model_copy(deep=True)
     cfg.dtype, cfg.device = "float64", "cpu"
     # the step size does not enter lambda_max; a placeholder lets an 'auto' config build
