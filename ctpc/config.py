@@ -140,7 +140,7 @@ class IntegratorConfig(_Strict):
         None, description="discrete only: inference budget T; 'auto' = 2L")
     inner_steps: int = Field(1, ge=1, description="discrete only: primal steps per dual step")
     weight_credit_timing: Literal["pre_dual", "post_dual"] = "pre_dual"
-    check_every: int = Field(16, ge=1, description="steps between divergence checks (syncs)")
+    check_every: int = Field(64, ge=1, description="steps between divergence checks (syncs)")
     compile: bool = Field(False, description="torch.compile chunks of steps (a one-off "
                                              "compile cost; see docs/benchmarks.md)")
     divergence_bound: float = Field(1e6, gt=0, description="|state| above this = diverged")

@@ -177,6 +177,16 @@ class Dynamics:
                                          p.x, p.y)
 
 
+def extremes_into(S: torch.Tensor, out: torch.Tensor) -> None:
+    """(min, max) of S per replica into ``out`` [2, R]: one reduction pass for one replica,
+    no temporary, no new tensor (the divergence check runs after every step)."""
+    if S.shape[2] == 1:
+        torch.aminmax(S.view(-1), out=(out[0, 0], out[1, 0]))
+    else:
+        torch.amin(S, dim=(0, 1, 3, 4), out=out[0])
+        torch.amax(S, dim=(0, 1, 3, 4), out=out[1])
+
+
 def peak(S: torch.Tensor) -> torch.Tensor:
     """[R] max |S| per replica (NaN propagates, so a non-finite state fails the bound). One
     reduction pass without a temporary for one replica (half the cost of |S| then its max)."""

@@ -3,14 +3,15 @@ per-replica divergence check that syncs with the host once per chunk, not once p
 
 Used by the torch backend (simulation), the training loop and the benchmarks.
 
-Divergence. After every step the peak |S| of each replica goes into a device buffer; every
-``check_every`` steps the buffer is read once. A replica whose state became non-finite or left
+Divergence. Every ``check_every`` steps the peak |S| of each replica is read once. A replica
+whose state became non-finite or left
 its bound at step k is *diverged at k*: the chunk is replayed from its start to step k - 1 (the
 last bounded state), that state is kept as the replica's final state, and the replica is frozen
 (its step is set to dt = 0) while the others go on. The run ends early once every replica has
 diverged. A diverged step is found exactly whatever ``check_every`` is.
 
-The bound of a replica (:func:`divergence_bounds`) is the smaller of ``integrator.
+The check reads the state at the end of each chunk; a chunk that ends out of bounds is replayed
+to find the exact step (see :func:`integrate`). The bound of a replica (:func:`divergence_bounds`) is the smaller of ``integrator.
 divergence_bound`` (absolute) and ``integrator.growth_bound`` times the size of its initial state
 (max(1, max |S_0|)): an unstable scheme whose state grows by orders of magnitude is caught even
 when a short budget ends before the absolute bound is reached (a stable run stays within a few
@@ -24,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .dynamics import Params, peak
+from .dynamics import Params, extremes_into, peak
 from .integrators import with_dt
 
 
@@ -76,6 +77,11 @@ def integrate(solver, carry, p: Params, n_steps: int, *, check_every: int | None
     detects non-finite values itself, e.g. training at its own sync points). ``bound``: a number
     or one per replica [R] (see :func:`divergence_bounds`). ``observe(step, solver, carry)`` is
     called after every step (recording). ``progress(k)`` after every chunk of k steps.
+
+    The check looks at the state at the end of each chunk (one reduction and one sync per
+    chunk). A chunk that ends out of bounds is replayed from its start, step by step, to find
+    each replica's first step out of bounds exactly. (An excursion past the bound that returns
+    inside the same chunk is not flagged; unstable states grow, they do not come back.)
     """
     R = p.x.shape[0]
     done = np.full(R, n_steps, dtype=np.int64)
@@ -84,8 +90,7 @@ def integrate(solver, carry, p: Params, n_steps: int, *, check_every: int | None
     alive = np.ones(R, dtype=bool)
     frozen: dict = {}
     chunk_len = check_every or n_steps or 1
-    peaks = torch.empty(chunk_len, R, device=p.x.device, dtype=p.x.dtype) if check_every \
-        else None
+    ends = torch.empty(2, R, device=p.x.device, dtype=p.x.dtype) if check_every else None
     step = 0
     while step < n_steps and alive.any():
         chunk = min(chunk_len, n_steps - step)
@@ -93,26 +98,22 @@ def integrate(solver, carry, p: Params, n_steps: int, *, check_every: int | None
         snapshot, snap_solver = _snapshot(solver, carry), solver
         if observe is None and hasattr(solver, "advance"):
             # nothing to see between steps: the solver runs the chunk its own way (compiled)
-            carry = solver.advance(carry, p, chunk, step + chunk == n_steps, peaks)
+            carry = solver.advance(carry, p, chunk, step + chunk == n_steps, None)
         else:
             for j in range(chunk):
                 carry = solver.step(carry, p, last=step + j + 1 == n_steps)
-                S = solver.state(carry)
-                if peaks is not None:
-                    peaks[j] = peak(S)
                 if observe is not None:
                     observe(step + j + 1, solver, carry)
-        if peaks is not None:
-            bad = ~torch.isfinite(peaks[:chunk]) | (peaks[:chunk] > bound)
-            bad &= torch.as_tensor(alive, device=bad.device)
-            if bool(bad.any()):                      # the one host sync of the chunk
-                first = _first_true(bad.cpu().numpy())
+        if ends is not None:
+            extremes_into(solver.state(carry), ends)
+            if bool(_out_of_bounds(ends, bound, alive).any()):     # the one host sync
+                first, at = _locate(snap_solver, _snapshot(snap_solver, snapshot), p, chunk,
+                                    step + chunk == n_steps, bound, alive)
                 newly = np.flatnonzero(first < chunk)
-                host_peaks = peaks[:chunk].cpu().numpy()
                 for r in newly:
                     diverged[r] = step + int(first[r]) + 1
                     done[r] = step + int(first[r])
-                    at_peak[r] = float(host_peaks[first[r], r])
+                    at_peak[r] = float(at[r])
                 frozen.update(_replay(snap_solver, snapshot, p, first, newly))
                 alive[newly] = False
                 if alive.any():
@@ -125,6 +126,28 @@ def integrate(solver, carry, p: Params, n_steps: int, *, check_every: int | None
         if progress is not None:
             progress(chunk)
     return Integration(carry, solver, done, diverged, frozen, at_peak)
+
+
+def _out_of_bounds(extremes: torch.Tensor, bound, alive: np.ndarray) -> torch.Tensor:
+    """[..., R] True where a live replica's state is non-finite or beyond its bound, from
+    (min, max) extremes [..., 2, R]."""
+    peaks = torch.maximum(extremes[..., 1, :], extremes[..., 0, :].neg())
+    bad = ~torch.isfinite(peaks) | (peaks > bound)
+    return bad & torch.as_tensor(alive, device=bad.device)
+
+
+def _locate(solver, carry, p: Params, chunk: int, ends_run: bool, bound, alive: np.ndarray):
+    """Replay a chunk step by step: ([R] first bad step index, chunk if none; [R] peak there)."""
+    R = p.x.shape[0]
+    ext = torch.empty(chunk, 2, R, device=p.x.device, dtype=p.x.dtype)
+    for j in range(chunk):
+        carry = solver.step(carry, p, last=ends_run and j + 1 == chunk)
+        extremes_into(solver.state(carry), ext[j])
+    bad = _out_of_bounds(ext, bound, alive).cpu().numpy()
+    first = _first_true(bad)
+    peaks = torch.maximum(ext[:, 1], ext[:, 0].neg()).cpu().numpy()
+    at = [peaks[min(first[r], chunk - 1), r] for r in range(R)]
+    return first, at
 
 
 def _snapshot(solver, carry):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .dynamics import POP_ERR, POP_H, POP_LAM, Dynamics, Params, Scalar, peak
+from .dynamics import POP_ERR, POP_H, POP_LAM, Dynamics, Params, Scalar, extremes_into
 from .network import Residuals
 from .schemes import SchemeInfo, scheme as scheme_info
 
@@ -137,17 +137,17 @@ class GaussSeidel:
     final_dual: bool = True
     compile: bool = False
 
-    def advance(self, c: GSCarry, p: Params, n: int, last: bool, peaks: torch.Tensor | None):
-        """``n`` steps (the last of the run if ``last``), the peak |S| of each replica after each
-        step into ``peaks[:n]`` when given. With ``compile`` (instantaneous errors), the n steps
+    def advance(self, c: GSCarry, p: Params, n: int, last: bool, extremes: torch.Tensor | None):
+        """``n`` steps (the last of the run if ``last``), the (min, max) of each replica's state
+        after each step into ``extremes[:n]`` [n, 2, R] when given. With ``compile`` (instantaneous errors), the n steps
         are one ``torch.compile``d program: the elementwise work of a step fuses into a few
         loops around the batched products (see docs/benchmarks.md for when that pays off)."""
         if self.compile and not c.leaky:
-            return _compiled_advance(self, c, p, n, last, peaks)
+            return _compiled_advance(self, c, p, n, last, extremes)
         for j in range(n):
             self.step(c, p, last=last and j + 1 == n)
-            if peaks is not None:
-                peaks[j] = peak(c.S)
+            if extremes is not None:
+                extremes_into(c.S, extremes[j])
         return c
 
     def init(self, S: torch.Tensor, p: Params) -> GSCarry:
@@ -280,8 +280,10 @@ def _gs_chunk(h, lam, r, a, out_err, drive, y, w_mid_f, w_mid_f_t, w_out, w_out_
             out_err = torch.baddbmm(y, a[-1], w_out_t, beta=-1, alpha=s_out)
         if i + 1 < n or dual_after_last:
             lam = lam + c_lam * r
-        if with_peaks:
-            peaks.append(torch.maximum(h.abs().amax(dim=(0, 2, 3)), lam.abs().amax(dim=(0, 2, 3))))
+        if with_peaks:      # (min, max) over h and lam per replica
+            peaks.append(torch.stack([torch.minimum(h.amin(dim=(0, 2, 3)), lam.amin(dim=(0, 2, 3))),
+                                      torch.maximum(h.amax(dim=(0, 2, 3)),
+                                                    lam.amax(dim=(0, 2, 3)))]))
     return h, lam, r, a, out_err, (torch.stack(peaks) if with_peaks else None)
 
 
@@ -289,7 +291,7 @@ _COMPILED = {}
 
 
 def _compiled_advance(solver: "GaussSeidel", c: GSCarry, p: Params, n: int, last: bool,
-                      peaks: torch.Tensor | None) -> GSCarry:
+                      extremes: torch.Tensor | None) -> GSCarry:
     net = solver.dyn.net
     fn = _COMPILED.get("gs")
     if fn is None:
@@ -303,11 +305,11 @@ def _compiled_advance(solver: "GaussSeidel", c: GSCarry, p: Params, n: int, last
         c.h, c.lam, c.r, c.a, c.out_err, p.drive, p.y, p.w_mid_f, p.w_mid_f_t, p.weights.w_out,
         p.w_out_t, as_t(k.rho), as_t(solver.dt * k.k_h), as_t(c_lam), s_mid=net.s_mid,
         s_out=net.s_out, activation=net.activation, n=n, inner=solver.inner_steps,
-        dual_after_last=dual_after_last, with_peaks=peaks is not None)
+        dual_after_last=dual_after_last, with_peaks=extremes is not None)
     for buf, new in ((c.h, h), (c.lam, lam), (c.r, r), (c.a, a), (c.out_err, out_err)):
         buf.copy_(new)
-    if peaks is not None:
-        peaks[:n] = pk
+    if extremes is not None:
+        extremes[:n] = pk
     return c
 
 
