@@ -202,7 +202,9 @@ class RecordConfig(_Strict):
     every: int = Field(1, ge=1, description="record every this many steps (final step always)")
     variables: list[Variable] = Field(default_factory=lambda: list(ALL_VARIABLES))
     layers: Literal["all"] | list[int] = "all"
-    samples: Literal["all"] | list[int] = "all"
+    # The first sample by default: every neuron of one sample, at every step, is what one
+    # watches; all B samples cost B times the memory and time (set samples: all for them).
+    samples: Literal["all"] | list[int] = Field(default_factory=lambda: [0])
     units: Literal["all"] | list[int] = "all"
     max_mb: float = Field(2048.0, gt=0, description="refuse runs whose traces exceed this")
 

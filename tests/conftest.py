@@ -14,7 +14,7 @@ def small_config(**sections):
         "network": {"width": 6, "depth": 5, "activation": "tanh", "input_dim": 5, "output_dim": 3},
         "data": {"source": "synthetic", "batch_size": 3},
         "integrator": {"scheme": "semi_implicit", "dt": 1.0, "steps": 20},
-        "record": {"every": 1},
+        "record": {"every": 1, "samples": "all"},
     }
     for key, value in sections.items():
         if isinstance(value, dict):
