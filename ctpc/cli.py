@@ -86,6 +86,10 @@ def add_run_arguments(p: argparse.ArgumentParser, *, out_help: str) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set integrator.dt=0.5 (repeatable)")
     p.add_argument("--out", help=out_help)
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch (default: all cores). On a machine other jobs "
+                        "share, --threads 1 avoids spinning threads fighting over cores "
+                        "(docs/benchmarks.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
 

@@ -103,6 +103,7 @@ class GSCarry:
         self.g_hi, self.g_hi_f = self.g[1:], _flat(self.g[1:])
         self.back_f, self.r_hi = _flat(self.back), r[1:]
         self.slope_lo, self.slope_top = self.slope[:-1], self.slope[-1]
+        self.h0, self.r0, self.a_top = self.h[0], r[0], a[-1]
 
     @property
     def resid(self) -> Residuals:
@@ -225,13 +226,13 @@ class GaussSeidel:
             torch.tanh(c.h, out=c.a)
         else:
             c.a.copy_(c.h)
-        torch.sub(c.h[0], p.drive, out=c.r[0])
+        torch.sub(c.h0, p.drive, out=c.r0)
         if net.n_hidden > 1:
             # pred = h + s_mid a W^T by the same kernel as the feed-forward pass, so a layer the
             # credit has not reached keeps r = 0 exactly (not round-off noise)
             torch.baddbmm(c.h_lo_f, c.a_lo_f, p.w_mid_f_t, alpha=net.s_mid, out=c.back_f)
             torch.sub(c.h_hi, c.back, out=c.r_hi)
-        torch.baddbmm(p.y, c.a[-1], p.w_out_t, beta=-1, alpha=net.s_out, out=c.out_err)
+        torch.baddbmm(p.y, c.a_top, p.w_out_t, beta=-1, alpha=net.s_out, out=c.out_err)
 
 
 def _gs_chunk(h, lam, r, a, out_err, drive, y, w_mid_f, w_mid_f_t, w_out, w_out_t, rho, c_h,

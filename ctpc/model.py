@@ -32,6 +32,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def set_threads(n: int | None) -> None:
+    """Use ``n`` CPU threads for torch's kernels (None: leave torch's default, all cores)."""
+    if n is not None:
+        if n < 1:
+            raise ConfigError(f"--threads must be >= 1, got {n}")
+        torch.set_num_threads(n)
+
+
 def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 

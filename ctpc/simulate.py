@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import cli
 from .io import check_output_path
+from .model import set_threads
 from .loading import load_config
 from .run import simulate, summary_table
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
+    set_threads(args.threads)
     overrides = list(args.overrides) + cli.device_override(args)
     if args.backend:
         overrides.append(f"backend={args.backend}")

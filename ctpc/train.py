@@ -14,6 +14,7 @@ import numpy as np
 
 from . import cli
 from .io import check_output_path
+from .model import set_threads
 from .training import prepare_config, train
 
 
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
+    set_threads(args.threads)
     cfg = prepare_config(args.config, list(args.overrides) + cli.device_override(args))
     if cfg.sweep:
         cli.say("ctpc.train", f"{args.config} has a sweep: section; ctpc.train runs its base "

@@ -7,8 +7,10 @@ Variants (each checked to compute the same read-out before it is timed):
   loop          ctpc's solver loop: make_solver + integrate (no divergence check) + read-out
   loop+check    the same with the per-step divergence check (one host sync per 16 steps)
   compiled      the loop with torch.compile'd chunks of steps (integrator.compile: true)
-  simulate      ctpc.simulate with the default recording, end to end (build, BP, dataset)
-  simulate-full ctpc.simulate recording every step of every variable (full traces)
+  simulate      ctpc.simulate with the default recording (per-layer summaries and the traces of
+                sample 0 at every step), end to end (build, BP reference, dataset)
+  simulate-none ctpc.simulate recording only the first and last step, no traces
+  simulate-full ctpc.simulate recording every step of every variable of every sample
   jax           sims/jax_pcalm.py (jit + lax.scan) on the same weights and batch, in the same
                 process and interleaved, when jax is importable
   R replicas    R networks of the same cell as one tensor program (time for all R)
@@ -37,14 +39,21 @@ REPLICA_CELLS = ("32,32,64,64", "8,8,16,64")
 D, O = 784, 10
 
 
-def config(n, l, t, b, *, seed=0, dtype="float32", record=None, compile_=False):
+NO_RECORD = object()
+
+
+def config(n, l, t, b, *, seed=0, dtype="float32", record=NO_RECORD, compile_=False):
+    """The cell's config; ``record``: a record section, None for the defaults, or (the default
+    here) only the first and last step without traces."""
     cfg = {"name": "bench", "dtype": dtype, "device": "cpu", "seed": seed,
            "network": {"width": n, "depth": l, "activation": "relu", "input_dim": D,
                        "output_dim": O},
            "data": {"source": "synthetic", "batch_size": b},
            "dynamics": {"method": "pcalm", "state_lr": 0.25, "alpha": 1.0},
            "integrator": {"scheme": "discrete", "dt": 1.0, "budget": t},
-           "record": record or {"every": t, "variables": []}}
+           "record": {"every": t, "variables": []} if record is NO_RECORD else record}
+    if record is None:
+        del cfg["record"]
     if compile_:
         cfg["integrator"]["compile"] = True
     return cfg
@@ -127,7 +136,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=31)
     p.add_argument("--cells", default="all", help="all, or comma-separated N,L,T,B;... keys")
-    p.add_argument("--variants", default="loop,loop+check,simulate,simulate-full,replicas,jax")
+    p.add_argument("--variants", default="loop,loop+check,compiled,simulate,simulate-none,"
+                                         "simulate-full,replicas,jax")
     p.add_argument("--replicas", type=int, default=8)
     p.add_argument("--out", help="write the results as JSON here")
     a = p.parse_args()
@@ -160,10 +170,12 @@ def main():
             fns["compiled"]()
             results.setdefault("compile_s", {})[key] = time.perf_counter() - t0
         if "simulate" in variants:
-            fns["simulate"] = ctpc_simulate(config(n, l, t, b, record={"every": 1}))
-        if "simulate-full" in variants:
-            fns["simulate-full"] = ctpc_simulate(config(
-                n, l, t, b, record={"every": 1, "variables": ["h", "lam", "err", "credit"]}))
+            fns["simulate"] = ctpc_simulate(config(n, l, t, b, record=None))
+        if "simulate-none" in variants:
+            fns["simulate-none"] = ctpc_simulate(config(n, l, t, b))
+        if "simulate-full" in variants and n * l * t <= 2 ** 17:
+            fns["simulate-full"] = ctpc_simulate(config(n, l, t, b, record={
+                "every": 1, "variables": ["h", "lam", "err", "credit"], "samples": "all"}))
         if "replicas" in variants and key in REPLICA_CELLS:
             fns[f"R={a.replicas}"] = ctpc_loop(
                 [config(n, l, t, b, seed=s) for s in range(a.replicas)], check=False)
