@@ -232,6 +232,8 @@ class TrainingConfig(_Strict):
                                 "(default: data.batch_size)")
     eval_batch_size: int = Field(4096, ge=1, description="examples per forward pass when "
                                                          "evaluating a whole split")
+    cuda_graph: bool = Field(False, description="capture the whole update (inference, read-out, "
+                                                "optimiser) as one CUDA graph (CUDA only)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainingConfig":

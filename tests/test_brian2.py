@@ -45,7 +45,8 @@ def deep_config(**sections):
     lower explicit Euler's stable step to ~0.4 ms (ctpc.stability.predicted_dt_max: 0.40-0.49
     on these networks), so leaky runs take dt = 0.25. (An earlier tau_e = 1.5 at dt = 0.5 was
     unstable, 1000x growth in 120 steps, which the growth bound now reports as divergence.)"""
-    base = dict(network={"width": 7, "depth": 5, "activation": "tanh", "input_dim": 5,
+    base = dict(device="cpu",      # Brian2 runs on the CPU whatever the test device
+                network={"width": 7, "depth": 5, "activation": "tanh", "input_dim": 5,
                          "output_dim": 3},
                 data={"source": "synthetic", "batch_size": 3},
                 dynamics={"method": "pcalm", "tau_h": 2.0, "tau_lambda": 2.0, "tau_e": 0.0},

@@ -39,7 +39,7 @@ def batches(n, cfg, seed=3):
 
 
 def torch_batch(model, x, y):
-    as_t = lambda a: torch.as_tensor(a, dtype=torch.float64)[None]
+    as_t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=model.x.device)[None]
     return as_t(x), as_t(y)
 
 
@@ -55,7 +55,7 @@ def test_pc_pcalm_updates_with_adam_equal_numpy(method, timing, activation):
     model = build_model(cfg)
     rule = make_rule(cfg, model)
     opt = torch.optim.Adam(list(model.weights.tensors), lr=LR, betas=(0.9, 0.999), eps=1e-8)
-    ws = [w.numpy().copy() for w in model.weights.matrices(0)]
+    ws = [w.cpu().numpy().copy() for w in model.weights.matrices(0)]
     state = {}
     for t, (x, y) in enumerate(batches(3, cfg), start=1):
         with torch.no_grad():
@@ -69,7 +69,7 @@ def test_pc_pcalm_updates_with_adam_equal_numpy(method, timing, activation):
         ws = numpy_adam(ws, gw, state, LR, t)
         for got, ref in zip(model.weights.matrices(0), ws):
             # float64 round-off through inference and Adam's sqrt/division: ~1e-15
-            np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-10)
+            np.testing.assert_allclose(got.cpu().numpy(), ref, rtol=0, atol=1e-10)
 
 
 def test_bp_rule_with_adam_equals_autograd_and_torch_adam():
@@ -89,7 +89,7 @@ def test_bp_rule_with_adam_equals_autograd_and_torch_adam():
             for p, g in zip(model.weights.tensors, grads.tensors):
                 p.grad = g
             opt.step()
-        h = ref[0] @ xt[0].T / math.sqrt(D)                  # [N, B]
+        h = ref[0] @ xt[0].T / math.sqrt(D)                  # [N, B]  (on the model's device)
         for w in ref[1:-1]:
             h = h + w @ torch.tanh(h) / math.sqrt(N * L)
         y_hat = ref[-1] @ torch.tanh(h) / N
@@ -114,7 +114,7 @@ def test_continuous_plasticity_equals_numpy_reference(scheme):
         training={"plasticity": "continuous", "tau_w": tau_w}))
     model = build_model(cfg)
     rule = make_rule(cfg, model)
-    ws = [w.numpy().copy() for w in model.weights.matrices(0)]
+    ws = [w.cpu().numpy().copy() for w in model.weights.matrices(0)]
     (x, y), = batches(1, cfg)
     with torch.no_grad():
         w_new, _ = rule.present(model.weights, *torch_batch(model, x, y))
@@ -122,7 +122,7 @@ def test_continuous_plasticity_equals_numpy_reference(scheme):
     moved = max(np.abs(a - b).max() for a, b in zip(ref, ws))
     assert moved > 1e-3                                       # the weights really moved
     for got, want in zip(w_new.matrices(0), ref):
-        np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(got.cpu().numpy(), want, rtol=0, atol=1e-12)
 
 
 def plastic_reference(ws, xs, ys, scheme, dt, n, *, tau_h, tau_l, tau_w):
@@ -181,8 +181,9 @@ def test_linear_pcalm_trains_like_bp_update_by_update():
     rng = np.random.default_rng(0)
     worst = 0.0
     for _ in range(20):
-        x = torch.as_tensor(rng.standard_normal((1, 4, 6)))
-        y = torch.as_tensor(np.eye(3)[rng.integers(0, 3, 4)])[None]
+        dev = runs["bp"][0].x.device
+        x = torch.as_tensor(rng.standard_normal((1, 4, 6)), device=dev)
+        y = torch.as_tensor(np.eye(3)[rng.integers(0, 3, 4)], device=dev)[None]
         for model, rule, opt in runs.values():
             with torch.no_grad():
                 grads, _ = rule(model.weights, x, y)

@@ -21,6 +21,7 @@ from .. import signals
 from ..config import Config, ConfigError, TrainingConfig
 from ..io import check_output_path, write_netcdf
 from ..loading import load_config
+from ..model import resolve_device
 from . import checkpoint as ckpt
 from .dataset import training_dataset
 from .loop import Trainer
@@ -38,6 +39,9 @@ def prepare_config(config, overrides=None) -> Config:
     if cfg.backend != "torch":
         raise ConfigError(f"backend {cfg.backend!r} cannot train; training runs on backend "
                           "torch (set backend: torch)")
+    if cfg.training.cuda_graph and resolve_device(cfg.device).type != "cuda":
+        raise ConfigError("training.cuda_graph: true needs a CUDA device; this run is on the "
+                          "CPU (set device: cuda on a GPU machine, or cuda_graph: false)")
     if cfg.data.source == "synthetic":
         raise ConfigError("data.source 'synthetic' has no train/test split to learn from; use "
                           "digits, mnist, idx or npz")

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..network import Weights
+from .graphs import GraphedUpdate
 from .metrics import evaluate, probe_alignment
 from .setup import TrainSetup
 
@@ -84,12 +85,15 @@ class Trainer:
         b = setup.training.probe_size or setup.cfg.data.batch_size
         self.probe = (setup.train.x[:b].expand(R, -1, -1), setup.train.y[:b].expand(R, -1, -1))
         self._perm_epoch, self._perm = None, None
+        self._graph = None
 
     # ------------------------------------------------------------------ pieces
     def _optimizer(self) -> torch.optim.Optimizer:
         t, params = self.s.training, list(self.weights.tensors)
         if t.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.s.lr, betas=(0.9, 0.999), eps=1e-8)
+            # capturable: step counts on the device, so a CUDA graph can replay the step
+            return torch.optim.Adam(params, lr=self.s.lr, betas=(0.9, 0.999), eps=1e-8,
+                                    capturable=t.cuda_graph)
         return torch.optim.SGD(params, lr=self.s.lr, momentum=t.momentum)
 
     def _batch(self, u: int):
@@ -115,9 +119,12 @@ class Trainer:
             sq = sq + w.w_mid.square().sum((0, 2, 3))
         return sq.sqrt()
 
-    def _update(self, u: int) -> None:
-        x, y = self._batch(u)
+    def update_body(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """One update on batch (x, y): the rule, the optimiser step (or the plastic weights),
+        the statistics as a dict of tensors. Device work only, no host sync: this is what a CUDA
+        graph captures (:mod:`ctpc.training.graphs`)."""
         rule = self.s.rule
+        stats = {}
         if rule.plastic:
             w_new, st = rule.present(self.weights, x, y)
             for t, n in zip(self.weights.tensors, w_new.tensors):
@@ -126,17 +133,29 @@ class Trainer:
             grads, st = rule(self.weights, x, y)
             for t, g in zip(self.weights.tensors, grads.tensors):
                 t.grad = g
-            self.buf["grad_norm"][u] = self._norm(grads.tensors)
+            stats["grad_norm"] = self._norm(grads.tensors)
             self.optimizer.step()
+        stats["train_loss"] = st.loss
+        stats["weight_norm"] = self._norm(self.weights.tensors)
+        if st.energy is not None:
+            stats["energy"] = st.energy
+            stats.update({k: getattr(st, k) for k in LAYER_SERIES})
+        return stats
+
+    def _update(self, u: int) -> None:
+        x, y = self._batch(u)
+        if self.s.training.cuda_graph:
+            if self._graph is None:
+                self._graph = GraphedUpdate(self, x, y)
+            stats = self._graph(x, y)
+        else:
+            stats = self.update_body(x, y)
         if self._dead_host.any():     # frozen replicas keep their last good weights
             for t, snap, axis in zip(self.weights.tensors, self.snapshot, (0, 1, 0)):
                 t.index_copy_(axis, self._dead_idx, snap.index_select(axis, self._dead_idx))
-        self.buf["train_loss"][u] = st.loss
-        self.buf["weight_norm"][u] = self._norm(self.weights.tensors)
-        if st.energy is not None:
-            self.buf["energy"][u] = st.energy
-            for k in LAYER_SERIES:
-                self.buf[k][u] = getattr(st, k)
+            stats["weight_norm"] = self._norm(self.weights.tensors)
+        for k, v in stats.items():
+            self.buf[k][u] = v
 
     # ------------------------------------------------------------------ sync points
     def _sync(self, done: int) -> None:

@@ -36,7 +36,7 @@ def training_key(cfg: Config) -> tuple:
     return (d.source, str(d.path), d.mean, d.std, d.drop_last, d.train_subset, d.test_subset,
             cfg.dynamics.method == "bp", rule, t.optimizer, resolved_lr(cfg), t.momentum,
             t.epochs, t.max_updates, t.eval_every, t.checkpoint_every, t.probe_size,
-            t.eval_batch_size, cfg.device)
+            t.eval_batch_size, t.cuda_graph, cfg.device)
 
 
 @dataclass
