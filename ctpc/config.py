@@ -102,7 +102,8 @@ class DynamicsConfig(_Strict):
         None, description="activity time constant (ms); 'auto' = dt * lambda_max")
     tau_lambda: float | None = Field(None, gt=0, allow_inf_nan=True,
                                      description="multiplier time constant (ms); .inf allowed")
-    tau_e: float = Field(0.0, ge=0, description="error-neuron time constant (ms); 0 = instantaneous")
+    tau_e: float = Field(0.0, ge=0,
+                         description="error-neuron time constant (ms); 0 = instantaneous")
     state_lr: float | Literal["auto"] | None = Field(None, description="paper's eta_h = dt/tau_h")
     alpha: float | None = Field(None, ge=0, description="paper's alpha = dt/tau_lambda")
 

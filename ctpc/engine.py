@@ -3,15 +3,14 @@ per-replica divergence check that syncs with the host once per chunk, not once p
 
 Used by the torch backend (simulation), the training loop and the benchmarks.
 
-Divergence. Every ``check_every`` steps the peak |S| of each replica is read once. A replica
-whose state became non-finite or left
-its bound at step k is *diverged at k*: the chunk is replayed from its start to step k - 1 (the
-last bounded state), that state is kept as the replica's final state, and the replica is frozen
-(its step is set to dt = 0) while the others go on. The run ends early once every replica has
-diverged. A diverged step is found exactly whatever ``check_every`` is.
+Divergence. Every ``check_every`` steps the peak |S| of each replica is read once (one
+reduction, one host sync per chunk). A replica whose state became non-finite or left its bound
+at step k is *diverged at k*: a chunk that ends out of bounds is replayed from its start to find
+k exactly, then to step k - 1 (the last bounded state); that state is kept as the replica's final
+state, and the replica is frozen (its step is set to dt = 0) while the others go on. The run ends
+early once every replica has diverged. The diverged step does not depend on ``check_every``.
 
-The check reads the state at the end of each chunk; a chunk that ends out of bounds is replayed
-to find the exact step (see :func:`integrate`). The bound of a replica (:func:`divergence_bounds`) is the smaller of ``integrator.
+The bound of a replica (:func:`divergence_bounds`) is the smaller of ``integrator.
 divergence_bound`` (absolute) and ``integrator.growth_bound`` times the size of its initial state
 (max(1, max |S_0|)): an unstable scheme whose state grows by orders of magnitude is caught even
 when a short budget ends before the absolute bound is reached (a stable run stays within a few
@@ -98,7 +97,7 @@ def integrate(solver, carry, p: Params, n_steps: int, *, check_every: int | None
         snapshot, snap_solver = _snapshot(solver, carry), solver
         if observe is None and hasattr(solver, "advance"):
             # nothing to see between steps: the solver runs the chunk its own way (compiled)
-            carry = solver.advance(carry, p, chunk, step + chunk == n_steps, None)
+            carry = solver.advance(carry, p, chunk, step + chunk == n_steps)
         else:
             for j in range(chunk):
                 carry = solver.step(carry, p, last=step + j + 1 == n_steps)

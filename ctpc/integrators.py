@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .dynamics import POP_ERR, POP_H, POP_LAM, Dynamics, Params, Scalar, extremes_into
+from .dynamics import POP_ERR, POP_H, POP_LAM, Dynamics, Params, Scalar
 from .network import Residuals
 from .schemes import SchemeInfo, scheme as scheme_info
 
@@ -138,17 +138,15 @@ class GaussSeidel:
     final_dual: bool = True
     compile: bool = False
 
-    def advance(self, c: GSCarry, p: Params, n: int, last: bool, extremes: torch.Tensor | None):
-        """``n`` steps (the last of the run if ``last``), the (min, max) of each replica's state
-        after each step into ``extremes[:n]`` [n, 2, R] when given. With ``compile`` (instantaneous errors), the n steps
-        are one ``torch.compile``d program: the elementwise work of a step fuses into a few
-        loops around the batched products (see docs/benchmarks.md for when that pays off)."""
+    def advance(self, c: GSCarry, p: Params, n: int, last: bool) -> GSCarry:
+        """``n`` steps (the last of the run if ``last``) with nothing observed between them.
+        With ``compile`` (instantaneous errors), the n steps are one ``torch.compile``d program:
+        the elementwise work of a step fuses into a few loops around the batched products (see
+        docs/benchmarks.md for when that pays off)."""
         if self.compile and not c.leaky:
-            return _compiled_advance(self, c, p, n, last, extremes)
+            return _compiled_advance(self, c, p, n, last)
         for j in range(n):
             self.step(c, p, last=last and j + 1 == n)
-            if extremes is not None:
-                extremes_into(c.S, extremes[j])
         return c
 
     def init(self, S: torch.Tensor, p: Params) -> GSCarry:
@@ -237,12 +235,11 @@ class GaussSeidel:
 
 def _gs_chunk(h, lam, r, a, out_err, drive, y, w_mid_f, w_mid_f_t, w_out, w_out_t, rho, c_h,
               c_lam, *, s_mid: float, s_out: float, activation: str, n: int, inner: int,
-              dual_after_last: bool, with_peaks: bool):
+              dual_after_last: bool):
     """n Gauss-Seidel steps as pure tensor code (what torch.compile fuses): the same arithmetic
     as :meth:`GaussSeidel.step` for instantaneous error neurons; rho, c_h, c_lam are tensors
     ([R, 1, 1] or 0-d) so that new values never cause a recompilation."""
     H = h.shape[0]
-    peaks = []
     for i in range(n):
         for _ in range(inner):
             g = lam + rho * r
@@ -281,18 +278,14 @@ def _gs_chunk(h, lam, r, a, out_err, drive, y, w_mid_f, w_mid_f_t, w_out, w_out_
             out_err = torch.baddbmm(y, a[-1], w_out_t, beta=-1, alpha=s_out)
         if i + 1 < n or dual_after_last:
             lam = lam + c_lam * r
-        if with_peaks:      # (min, max) over h and lam per replica
-            peaks.append(torch.stack([torch.minimum(h.amin(dim=(0, 2, 3)), lam.amin(dim=(0, 2, 3))),
-                                      torch.maximum(h.amax(dim=(0, 2, 3)),
-                                                    lam.amax(dim=(0, 2, 3)))]))
-    return h, lam, r, a, out_err, (torch.stack(peaks) if with_peaks else None)
+    return h, lam, r, a, out_err
 
 
 _COMPILED = {}
 
 
-def _compiled_advance(solver: "GaussSeidel", c: GSCarry, p: Params, n: int, last: bool,
-                      extremes: torch.Tensor | None) -> GSCarry:
+def _compiled_advance(solver: "GaussSeidel", c: GSCarry, p: Params, n: int,
+                      last: bool) -> GSCarry:
     net = solver.dyn.net
     fn = _COMPILED.get("gs")
     if fn is None:
@@ -302,15 +295,13 @@ def _compiled_advance(solver: "GaussSeidel", c: GSCarry, p: Params, n: int, last
     k = p.rates
     dual_after_last = not last or solver.final_dual
     c_lam = solver.dt * k.k_lam
-    h, lam, r, a, out_err, pk = fn(
+    h, lam, r, a, out_err = fn(
         c.h, c.lam, c.r, c.a, c.out_err, p.drive, p.y, p.w_mid_f, p.w_mid_f_t, p.weights.w_out,
         p.w_out_t, as_t(k.rho), as_t(solver.dt * k.k_h), as_t(c_lam), s_mid=net.s_mid,
         s_out=net.s_out, activation=net.activation, n=n, inner=solver.inner_steps,
-        dual_after_last=dual_after_last, with_peaks=extremes is not None)
+        dual_after_last=dual_after_last)
     for buf, new in ((c.h, h), (c.lam, lam), (c.r, r), (c.a, a), (c.out_err, out_err)):
         buf.copy_(new)
-    if extremes is not None:
-        extremes[:n] = pk
     return c
 
 

@@ -134,7 +134,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {str(path)!r} is empty; a config needs at least the run "
                           "length, e.g. integrator: {steps: 100}")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got "
+                          f"{type(raw).__name__}")
     return raw
 
 

@@ -70,8 +70,9 @@ def summary_table(ds) -> str:
     last = ds.isel(eval=-1)
     L = ds.sizes["weight"]
     rows = sorted({1, 2, max(1, L // 4), max(1, L // 2), max(1, 3 * L // 4), L})
-    lines = [f"method {ds.attrs['method']}  ({ds.attrs['scheme'] if ds.attrs['method'] != 'bp' else 'autograd'})"
-             f"  after {int(last.eval_update)} updates ({float(last.eval_epoch):.2f} epochs)",
+    how = "autograd" if ds.attrs["method"] == "bp" else ds.attrs["scheme"]
+    lines = [f"method {ds.attrs['method']}  ({how})  after {int(last.eval_update)} updates "
+             f"({float(last.eval_epoch):.2f} epochs)",
              f"  accuracy  train {float(last.train_acc):.4f}  test {float(last.test_acc):.4f}",
              f"  MSE       train {float(last.train_mse):.4f}  test {float(last.test_mse):.4f}",
              "  BP cosine of the update per weight matrix (probe batch):"]

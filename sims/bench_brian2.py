@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 VARIANTS = {
     # name: (backend, target, construction)

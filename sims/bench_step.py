@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -107,7 +106,6 @@ def jax_step(n, l, t, b):
     """sims/jax_pcalm.py's training step on the same weights and batch as ctpc's cell."""
     import importlib.util
 
-    import numpy as np
 
     import ctpc
     from ctpc.data import load_batch
@@ -123,7 +121,6 @@ def jax_step(n, l, t, b):
 
 
 def check_same(fns_ref, fns_other, tol=1e-4):
-    import torch
     a, b = fns_ref(), fns_other()
     err = max(float((x - y).abs().max() / (x.abs().max() + 1e-30))
               for x, y in zip(a.tensors, b.tensors))

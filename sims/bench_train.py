@@ -23,7 +23,6 @@ import torch
 
 
 def setup(width, depth, batch, compile_):
-    import ctpc
     from ctpc.training import prepare_config
     from ctpc.training.loop import Trainer
     from ctpc.training.setup import build_training

@@ -16,7 +16,6 @@ CELLS = [(32, 32, 64, 64), (128, 32, 64, 64), (8, 8, 16, 64), (32, 128, 256, 64)
 
 
 def count(n, l, b, steps=8):
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     import ctpc

@@ -99,7 +99,6 @@ def test_cuda_graph_update_equals_eager(optimizer):
 
 
 def test_cuda_graph_refused_on_the_cpu(tmp_path, capsys):
-    from ctpc.train import main
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     cfg = small_config(**TRAIN, device="cpu")

@@ -11,7 +11,7 @@ from ctpc.data import load_batch
 from ctpc.network import init_weights
 
 from conftest import small_config
-from reference_numpy import Net, act, discrete
+from reference_numpy import Net, discrete
 
 ETA, ALPHA, RHO, T = 0.2, 0.8, 1.3, 6
 # Widths differ on purpose (D != N != O) so a transposed weight cannot go unnoticed.

@@ -4,7 +4,6 @@ method, rates and dt, and per-replica divergence), training (PC/PC-ALM mixes, BP
 grouped into replicas against the same sweep cell by cell."""
 import numpy as np
 import pytest
-import yaml
 
 import ctpc
 from ctpc.run import simulate_replicas
