@@ -41,36 +41,36 @@ def _series_dims(name: str) -> tuple[str, ...]:
     return ("time",)
 
 
-def _trace(arr: np.ndarray, res: RunResult, coords: dict) -> xr.DataArray:
+def _trace(arr: np.ndarray, result: RunResult, coords: dict) -> xr.DataArray:
     da = xr.DataArray(arr, dims=TRACE_DIMS,
-                      coords={"layer": res.layers, "sample": coords["sample"],
+                      coords={"layer": result.layers, "sample": coords["sample"],
                               "unit": coords["unit"]})
-    if not res.all_layers:
+    if not result.all_layers:
         # Unrecorded layers are NaN on the full `layer` axis; chunk first so the fill stays
         # lazy (dask) and never materialises a full-depth array in memory.
         da = da.chunk({"layer": 1}).reindex(layer=coords["layer"])
     return da
 
 
-def build_dataset(cfg: Config, res: RunResult, command: str | None = None) -> xr.Dataset:
-    n_h, n_w = res.n_hidden, len(res.grads)
+def build_dataset(cfg: Config, result: RunResult, command: str | None = None) -> xr.Dataset:
+    n_h, n_w = result.n_hidden, len(result.grads)
     coords = {
-        "time": ("time", res.steps * res.dt, {"long_name": "simulated time", "units": "ms"}),
-        "step": ("time", res.steps, {"long_name": "integration step", "units": "1"}),
+        "time": ("time", result.steps * result.dt, {"long_name": "simulated time", "units": "ms"}),
+        "step": ("time", result.steps, {"long_name": "integration step", "units": "1"}),
         "layer": ("layer", np.arange(1, n_h + 1), {"long_name": "hidden layer l (1 .. L-1)"}),
-        "sample": ("sample", res.samples, {"long_name": "index in the batch"}),
-        "unit": ("unit", res.units, {"long_name": "unit within the layer"}),
+        "sample": ("sample", result.samples, {"long_name": "index in the batch"}),
+        "unit": ("unit", result.units, {"long_name": "unit within the layer"}),
         "weight": ("weight", np.arange(1, n_w + 1),
                    {"long_name": "weight matrix W_l (1 .. L), W_l feeds layer l"}),
     }
     data_vars = {}
     plain = {k: v[1] for k, v in coords.items()}
-    for name, arr in res.traces.items():
-        data_vars[name] = _trace(arr, res, plain)
-    for name, arr in res.series.items():
+    for name, arr in result.traces.items():
+        data_vars[name] = _trace(arr, result, plain)
+    for name, arr in result.series.items():
         data_vars[name] = (_series_dims(name), arr)
-    data_vars["bp_adjoint_norm"] = (("layer",), res.bp_adjoint_norm)
-    for i, (g, b) in enumerate(zip(res.grads, res.bp_grads), start=1):
+    data_vars["bp_adjoint_norm"] = (("layer",), result.bp_adjoint_norm)
+    for i, (g, b) in enumerate(zip(result.grads, result.bp_grads), start=1):
         dims = (("output" if i == n_w else "post_unit"), ("input" if i == 1 else "pre_unit"))
         data_vars[f"grad_w{i}"] = (dims, g, {
             "long_name": f"final weight-update estimate dL_rho/dW_{i} (loss-gradient sign)",
@@ -90,8 +90,8 @@ def build_dataset(cfg: Config, res: RunResult, command: str | None = None) -> xr
         "history": f"{now}: {command} (ctpc {__version__})",
         "source": f"ctpc {__version__}",
         "ctpc_version": __version__,
-        "backend": res.backend,
-        "device": res.device,
+        "backend": result.backend,
+        "device": result.device,
         "method": cfg.dynamics.method,
         "scheme": cfg.integrator.scheme,
         "dt": cfg.integrator.dt,
@@ -103,15 +103,15 @@ def build_dataset(cfg: Config, res: RunResult, command: str | None = None) -> xr
         "depth": cfg.network.depth, "width": cfg.network.width,
         "batch_size": cfg.data.batch_size, "dtype": cfg.dtype, "seed": cfg.seed,
         "n_steps": cfg.integrator.n_steps,
-        "steps_completed": res.steps_completed,
-        "status": res.status,
-        "wall_time_s": res.wall_time_s,
+        "steps_completed": result.steps_completed,
+        "status": result.status,
+        "wall_time_s": result.wall_time_s,
         "config": cfg.to_yaml(),
     }
-    if res.diverged_at is not None:
-        ds.attrs["diverged_at"] = res.diverged_at
-        ds.attrs["diverged_reason"] = res.diverged_reason or "bound"
-    ds.attrs.update(res.extra_attrs or {})
+    if result.diverged_at is not None:
+        ds.attrs["diverged_at"] = result.diverged_at
+        ds.attrs["diverged_reason"] = result.diverged_reason or "bound"
+    ds.attrs.update(result.extra_attrs or {})
     return ds
 
 

@@ -101,18 +101,18 @@ def plot_arrival_scaling(results: dict[str, xr.Dataset], ax=None, *, guides=(1, 
     with the fitted power law in the legend and dashed guide slopes."""
     ax = _axes(ax)
     all_L, all_t = [], []
-    for label, res in results.items():
-        dim = res.attrs["depth_dim"]
-        L = res[dim].values.astype(float)
-        t = res["arrival_time"].values
-        arrived = res["arrived"].values
-        p = float(res["exponent"])
+    for label, scaling in results.items():
+        dim = scaling.attrs["depth_dim"]
+        L = scaling[dim].values.astype(float)
+        t = scaling["arrival_time"].values
+        arrived = scaling["arrived"].values
+        p = float(scaling["exponent"])
         text = f"{label}: p = {p:.2f}" if np.isfinite(p) else \
             f"{label}: never arrives at L = {L[~arrived].astype(int).tolist()}"
         line, = ax.plot(L[arrived], t[arrived], "o", label=text)
         if np.isfinite(p):
             grid = np.geomspace(L.min(), L.max(), 50)
-            ax.plot(grid, float(res["prefactor"]) * grid ** p, "-", color=line.get_color(),
+            ax.plot(grid, float(scaling["prefactor"]) * grid ** p, "-", color=line.get_color(),
                     lw=1)
         all_L.extend(L[arrived])
         all_t.extend(t[arrived])

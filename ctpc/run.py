@@ -78,10 +78,10 @@ def summary_table(ds: xr.Dataset, max_rows: int = 24) -> str:
         rel = float(last.bp_relerr.sel(weight=l))
         if l <= ds.sizes["layer"]:
             credit = f"{float(last.credit_norm.sel(layer=l)):12.4e}"
-            res = f"{float(last.res_norm.sel(layer=l)):10.3e}"
+            res_txt = f"{float(last.res_norm.sel(layer=l)):10.3e}"
         else:
-            credit, res = f"{'(output)':>12}", f"{'':>10}"
-        lines.append(f"{l:>6} {cos:12.6f} {rel:10.3e} {credit} {res}")
+            credit, res_txt = f"{'(output)':>12}", f"{'':>10}"
+        lines.append(f"{l:>6} {cos:12.6f} {rel:10.3e} {credit} {res_txt}")
     if len(rows) < n_w:
         lines.append(f"({len(rows)} of {n_w} layers shown; all are in the file)")
     return "\n".join(lines)
