@@ -120,12 +120,16 @@ class Dynamics:
                       tuple(t._version for t in weights.tensors), w_mid_f,
                       w_mid_f.transpose(1, 2), weights.w_out.transpose(1, 2))
 
-    def initial_state(self, p: Params) -> torch.Tensor:
-        """Feed-forward activities, lam = 0, e = r = 0 (the paper's fresh start per batch)."""
+    def initial_state(self, p: Params, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed-forward activities, lam = 0, e = r = 0 (the paper's fresh start per batch),
+        [P, H, R, B, N], into ``out`` if given."""
         r, b = p.x.shape[:2]
-        S = torch.zeros(self.n_pop, self.net.n_hidden, r, b, self.net.width,
-                        device=p.x.device, dtype=p.x.dtype)
-        S[POP_H] = self.net.feedforward(p.weights, p.x)
+        if out is None:
+            S = torch.zeros(self.n_pop, self.net.n_hidden, r, b, self.net.width,
+                            device=p.x.device, dtype=p.x.dtype)
+        else:
+            S = out.zero_()
+        self.net.feedforward(p.weights, p.x, out=S[POP_H])
         return S
 
     # ---------------------------------------------------------------- pieces of the RHS

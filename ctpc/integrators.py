@@ -64,6 +64,11 @@ class ExplicitRK:
         p.check_current()
         return y
 
+    def start(self, p: Params, reuse=None):
+        """The carry of a fresh presentation: the feed-forward state, lam = 0 (``reuse`` is
+        for solvers with buffers to recycle; an RK carry is just the state)."""
+        return self.init(self.dyn.initial_state(p), p)
+
     def state(self, carry) -> torch.Tensor:
         return carry[0] if isinstance(carry, tuple) else carry
 
@@ -152,9 +157,30 @@ class GaussSeidel:
     def init(self, S: torch.Tensor, p: Params) -> GSCarry:
         """A carry of its own (S is copied): the caller's tensor is never modified."""
         p.check_current()
-        S = S.clone()
-        resid = self.dyn.residuals(S, p)
-        return GSCarry(S, resid.r, resid.a, resid.y_hat - p.y, p.y, self.dyn.leaky)
+        c = self._empty_carry(S.clone(), p)
+        self._network_pass(c, p)
+        return c
+
+    def start(self, p: Params, reuse: GSCarry | None = None) -> GSCarry:
+        """The carry of a fresh presentation (feed-forward state, lam = 0, e = 0), in the
+        buffers of ``reuse`` when they fit (a training loop recycles them batch after batch:
+        no allocation per update), else new ones. Same numbers either way."""
+        p.check_current()
+        S = reuse.S if _fits(reuse, p) else None
+        c = reuse if S is not None else self._empty_carry(None, p)
+        self.dyn.initial_state(p, out=c.S)
+        c.y = p.y
+        self._network_pass(c, p)
+        return c
+
+    def _empty_carry(self, S: torch.Tensor | None, p: Params) -> GSCarry:
+        if S is None:
+            R, B = p.x.shape[:2]
+            net = self.dyn.net
+            S = torch.empty(self.dyn.n_pop, net.n_hidden, R, B, net.width, device=p.x.device,
+                            dtype=p.x.dtype)
+        return GSCarry(S, torch.empty_like(S[POP_H]), torch.empty_like(S[POP_H]),
+                       torch.empty_like(p.y), p.y, self.dyn.leaky)
 
     def state(self, carry: GSCarry) -> torch.Tensor:
         return carry.S
@@ -303,6 +329,12 @@ def _compiled_advance(solver: "GaussSeidel", c: GSCarry, p: Params, n: int,
     for buf, new in ((c.h, h), (c.lam, lam), (c.r, r), (c.a, a), (c.out_err, out_err)):
         buf.copy_(new)
     return c
+
+
+def _fits(c: GSCarry | None, p: Params) -> bool:
+    """Whether carry ``c`` has the buffers a presentation with params ``p`` needs."""
+    return (c is not None and c.S.shape[2:4] == p.x.shape[:2] and c.out_err.shape == p.y.shape
+            and c.S.dtype == p.x.dtype and c.S.device == p.x.device)
 
 
 def _nonzero(c: Scalar) -> bool:

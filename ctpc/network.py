@@ -189,15 +189,31 @@ class Network:
         """y_hat = s_out W_L phi(h_H), [R, B, O]."""
         return self.s_out * torch.bmm(a[-1], w.w_out.transpose(1, 2))
 
-    def feedforward(self, w: Weights, x: torch.Tensor) -> torch.Tensor:
-        """h_l = pred_l for all hidden layers (r = 0), [H, R, B, N]. Sequential by nature (one
-        small product per layer): it runs once per presentation, never per step."""
-        h = torch.empty(self.n_hidden, *x.shape[:2], self.width, device=x.device, dtype=x.dtype)
-        h[0] = self.input_drive(w, x)
+    def feedforward(self, w: Weights, x: torch.Tensor,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+        """h_l = pred_l for all hidden layers (r = 0), [H, R, B, N] (into ``out`` if given).
+        Sequential by nature (one small product per layer): it runs once per presentation,
+        never per step."""
+        h = out if out is not None else torch.empty(
+            self.n_hidden, *x.shape[:2], self.width, device=x.device, dtype=x.dtype)
+        torch.bmm(x, w.w_in.transpose(1, 2), out=h[0]).mul_(self.s_in)
         for l in range(1, self.n_hidden):
-            h[l] = torch.baddbmm(h[l - 1], self.phi(h[l - 1]), w.w_mid[l - 1].transpose(1, 2),
-                                 alpha=self.s_mid)
+            torch.baddbmm(h[l - 1], self.phi(h[l - 1]), w.w_mid[l - 1].transpose(1, 2),
+                          alpha=self.s_mid, out=h[l])
         return h
+
+    def forward_output(self, w: Weights, x: torch.Tensor) -> torch.Tensor:
+        """y_hat [R, b, O] of the feed-forward pass without keeping the hidden layers: two
+        buffers, reused layer after layer (evaluating a whole split allocates nothing per
+        layer). The same kernels as :meth:`feedforward`, so the same numbers."""
+        h = self.input_drive(w, x)
+        if self.n_hidden > 1:
+            a, nxt = torch.empty_like(h), torch.empty_like(h)
+            for l in range(self.n_hidden - 1):
+                _phi_into(self.activation, h, a)
+                torch.baddbmm(h, a, w.w_mid[l].transpose(1, 2), alpha=self.s_mid, out=nxt)
+                h, nxt = nxt, h
+        return self.output(w, self.phi(h)[None])
 
     def mid_predictions(self, w: Weights, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """pred_{2..H} = h_{1..H-1} + s_mid phi(h_{1..H-1}) W^T: one batched kernel,
@@ -267,6 +283,15 @@ class Network:
         g_out = torch.bmm((y_hat - y).transpose(1, 2), a[-1]).mul_(self.s_out / b)
         return Weights(g_in, g_mid.view(g.shape[0] - 1, g.shape[1], self.width, self.width),
                        g_out)
+
+
+def _phi_into(activation: str, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out = phi(h) in place."""
+    if activation == "relu":
+        return torch.clamp(h, min=0, out=out)
+    if activation == "tanh":
+        return torch.tanh(h, out=out)
+    return out.copy_(h)
 
 
 def layer_scales(input_dim: int, width: int, depth: int) -> tuple[float, float, float]:

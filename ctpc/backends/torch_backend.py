@@ -37,9 +37,9 @@ def run_replicas(cfgs: list[Config], progress: bool = True) -> list[RunResult]:
     n = it.n_steps
     with torch.no_grad(), tqdm(total=n, desc=f"{first.name or 'ctpc'} {it.scheme}",
                                unit="step", disable=not progress, leave=False) as bar:
-        S0 = model.dyn.initial_state(p)
-        carry = solver.init(S0, p)
-        rec.record(0, solver.state(carry), p)
+        carry = solver.start(p)
+        S0 = solver.state(carry)
+        rec.record(0, S0, p, solver.residuals(carry, p))
         out = integrate(solver, carry, p, n, check_every=it.check_every,
                         bound=divergence_bounds(S0, it.divergence_bound, it.growth_bound),
                         observe=lambda step, slv, c: rec.maybe_record(

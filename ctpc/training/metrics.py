@@ -6,7 +6,7 @@ import torch
 
 from ..network import Network, Weights
 from ..recording import alignment
-from ..reference import bp_reference, forward_layers
+from ..reference import bp_reference
 
 
 def evaluate(net: Network, w: Weights, x: torch.Tensor, labels: torch.Tensor,
@@ -20,7 +20,7 @@ def evaluate(net: Network, w: Weights, x: torch.Tensor, labels: torch.Tensor,
     ce = torch.zeros_like(hits)
     for start in range(0, n, chunk):
         xb = x[start:start + chunk].expand(R, -1, -1)
-        _, y_hat = forward_layers(net, w, xb)                       # [R, b, O]
+        y_hat = net.forward_output(w, xb)                            # [R, b, O]
         lb, yb = labels[start:start + chunk], y[start:start + chunk]
         hits += (y_hat.argmax(-1) == lb).sum(-1)
         mse += 0.5 * (y_hat - yb).square().sum((-2, -1))

@@ -58,16 +58,18 @@ class InferenceRule:
     def __init__(self, dyn: Dynamics, solver, n_steps: int, rates: Rates, method: str):
         self.dyn, self.solver, self.n_steps, self.rates = dyn, solver, n_steps, rates
         self.method = method
+        self._carry = None    # the last presentation's carry: its buffers are recycled
 
     def infer(self, w: Weights, x: torch.Tensor, y: torch.Tensor):
-        """(final state S, its residuals, params, feed-forward loss [R])."""
+        """(final state S, its residuals, params, feed-forward loss [R]). The returned tensors
+        live in recycled buffers: use them before the next call."""
         dyn = self.dyn
         p = dyn.params(w, x, y, self.rates)
-        S0 = dyn.initial_state(p)
-        carry = self.solver.init(S0, p)
-        loss0 = mse_loss(dyn.residuals(S0, p).y_hat, y)
+        carry = self.solver.start(p, reuse=self._carry)
+        loss0 = mse_loss(self.solver.residuals(carry, p).y_hat, y)
         # No divergence check here: training finds non-finite values at its own sync points.
         out = integrate(self.solver, carry, p, self.n_steps, check_every=None)
+        self._carry = out.carry
         return out.final_state(), out.solver.residuals(out.carry, p), p, loss0
 
     def __call__(self, w: Weights, x: torch.Tensor, y: torch.Tensor):
