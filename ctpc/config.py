@@ -275,6 +275,8 @@ class Config(_Strict):
     seed: int = Field(0, ge=0, le=INT64_MAX, description="weights, data order, synthetic data")
     dtype: Literal["float32", "float64"] = "float32"
     device: Literal["cpu", "cuda", "auto"] = "auto"
+    cuda_tf32: bool = Field(False, description="float32 matrix products in TF32 on CUDA "
+                                               "(faster, less exact: an explicit choice)")
     backend: Literal["torch", "brian2"] = "torch"
     output: Path | None = None
     memory_limit_gb: float | None = Field(

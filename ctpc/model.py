@@ -8,6 +8,7 @@ stacked along the replica axis (see :mod:`ctpc.network` for the layout).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@contextlib.contextmanager
+def matmul_precision(cfg: Config):
+    """TF32 matrix products on CUDA while a run with ``cuda_tf32: true`` lasts (torch's flag
+    is global: it is restored afterwards). No effect on the CPU or in float64."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = bool(cfg.cuda_tf32)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
 def set_threads(n: int | None) -> None:
     """Use ``n`` CPU threads for torch's kernels (None: leave torch's default, all cores)."""
     if n is not None:
@@ -48,7 +61,7 @@ def torch_dtype(name: str) -> torch.dtype:
 def shape_key(cfg: Config) -> tuple:
     net = cfg.network
     return (net.input_dim, net.width, net.depth, net.output_dim, net.activation,
-            cfg.data.batch_size, cfg.dtype, cfg.dynamics.tau_e > 0)
+            cfg.data.batch_size, cfg.dtype, cfg.dynamics.tau_e > 0, cfg.cuda_tf32)
 
 
 @dataclass

@@ -9,6 +9,7 @@ import xarray as xr
 from .config import Config, ConfigError
 from .io import build_dataset, check_output_path, write_netcdf
 from .loading import load_config
+from .model import matmul_precision
 
 
 def run_backend(cfg: Config, progress: bool):
@@ -16,7 +17,8 @@ def run_backend(cfg: Config, progress: bool):
         from .backends.torch_backend import run
     else:   # imported only when asked for: Brian2 is a heavy import
         from .backends.brian2_backend import run
-    return run(cfg, progress=progress)
+    with matmul_precision(cfg):
+        return run(cfg, progress=progress)
 
 
 def simulate(config, overrides=None, *, out: str | Path | None = None, progress: bool = False,
@@ -53,7 +55,8 @@ def simulate_replicas(configs: list, commands: list[str | None] | None = None) -
     if len(cfgs) == 1:
         return [build_dataset(cfgs[0], run_backend(cfgs[0], False), commands[0])]
     from .backends.torch_backend import run_replicas
-    results = run_replicas(cfgs, progress=False)
+    with matmul_precision(cfgs[0]):
+        results = run_replicas(cfgs, progress=False)
     return [build_dataset(c, r, cmd) for c, r, cmd in zip(cfgs, results, commands)]
 
 

@@ -33,7 +33,7 @@ import xarray as xr
 
 from ctpc import cli, open_results
 from ctpc.config import ConfigError
-from ctpc.loading import read_yaml
+from ctpc.loading import apply_overrides, read_yaml
 from ctpc.plotting import (ACT, DEPTH, METHOD, METHOD_LABELS, SEED, WIDTH, last_evaluation,
                            ok_cells)
 from ctpc.sweep import run_sweep
@@ -300,6 +300,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--extra-depth", type=int, metavar="L",
                    help=f"also run depth L at N <= {EXTRA_MAX_WIDTH} (a second sweep, merged "
                         "into the tables and figures), e.g. 128")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of every cell's config, e.g. --set device=cuda --set "
+                        "training.cuda_graph=true (on a GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -316,7 +319,8 @@ def _main(args) -> int:
 
     t0, since = time.perf_counter(), time.time()
     out = args.out or Path("runs") / f"grid_{args.dataset}"
-    configs = sweep_configs(args.dataset, args.small, args.extra_depth)
+    configs = {stem: apply_overrides(cfg, args.overrides)
+               for stem, cfg in sweep_configs(args.dataset, args.small, args.extra_depth).items()}
     out.mkdir(parents=True, exist_ok=True)
     sweeps = run(out, configs, scheduler=args.scheduler, n_workers=args.workers,
                  group=not args.no_group, progress=not args.quiet)

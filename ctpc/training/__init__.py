@@ -21,7 +21,7 @@ from .. import signals
 from ..config import Config, ConfigError, TrainingConfig
 from ..io import check_output_path, write_netcdf
 from ..loading import load_config
-from ..model import resolve_device
+from ..model import matmul_precision, resolve_device
 from . import checkpoint as ckpt
 from .dataset import training_dataset
 from .loop import Trainer
@@ -72,7 +72,8 @@ def train(config, overrides=None, *, out: str | Path | None = None, resume: bool
             for t, saved in zip(setup.model.weights.tensors, blob["weights"]):
                 t.copy_(saved)
             kwargs = ckpt.restore(blob, kwargs)
-    state = Trainer(setup, **kwargs).run()
+    with matmul_precision(cfg):
+        state = Trainer(setup, **kwargs).run()
     ds = training_dataset(setup, state, 0, command)
     if target is not None:
         if ds.attrs["status"] == "ok":
@@ -87,7 +88,8 @@ def train_replicas(cfgs: list[Config], progress: bool = False,
     """Train configs that share :func:`ctpc.training.setup.training_key` as replicas of one
     tensor program; returns (dataset, final weights [W_1 .. W_L]) per config."""
     setup = build_training(cfgs)
-    state = Trainer(setup, progress=progress).run()
+    with matmul_precision(cfgs[0]):
+        state = Trainer(setup, progress=progress).run()
     return [(training_dataset(setup, state, r, command),
              [m.cpu().numpy() for m in setup.model.weights.matrices(r)])
             for r in range(len(cfgs))]
