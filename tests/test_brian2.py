@@ -185,7 +185,7 @@ def test_same_schema_as_torch(tmp_path):
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: Path(m).stem)
-def test_cli_runs_every_model_on_brian2(model, tmp_path, capsys):
+def test_cli_runs_every_model_on_brian2(model, tmp_path, mnist_files, capsys):
     out = tmp_path / "run.nc"
     args = [model, "--out", str(out), "--backend", "brian2"]
     for o in small_overrides(model):

@@ -34,7 +34,7 @@ def test_models_exist():
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: Path(m).stem)
-def test_cli_runs_every_model(model, tmp_path, capsys):
+def test_cli_runs_every_model(model, tmp_path, mnist_files, capsys):
     out = tmp_path / "run.nc"
     args = [model, "--out", str(out), "--device", "cpu"]
     for o in small_overrides(model):

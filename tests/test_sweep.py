@@ -248,7 +248,7 @@ def test_plan_hash_follows_the_config(tmp_path):
 
 @pytest.mark.parametrize("model", sorted(glob.glob(str(ROOT / "models" / "sweeps" / "*.yaml"))),
                          ids=lambda m: Path(m).stem)
-def test_shipped_sweep_models_validate(model, tmp_path):
+def test_shipped_sweep_models_validate(model, tmp_path, mnist_files):
     plan = plan_sweep(model, out=tmp_path / "x.nc")
     assert len(plan.cells) >= 2 and not plan.done
 
