@@ -179,6 +179,18 @@ def test_dry_run_lists_cells(tmp_path, capsys):
     assert "8 cells, 0 done" in capsys.readouterr().out
 
 
+def slow_sweep(tmp_path, name):
+    """A 6-cell sweep for the signal tests: cheap cells (10 steps) and slow ones (10000 steps,
+    ~0.5 s each), so that seconds of work remain after the first cell file appears. Returns
+    (config path, combined output path, cells directory)."""
+    raw = with_sweep({"seed": [0, 1, 2], "integrator.steps": [10, 10000]},
+                     record={"every": 1000, "samples": [0]})
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    out = tmp_path / f"{name}.nc"
+    return cfg, out, out.with_suffix(".cells")
+
+
 def test_killed_sweep_resumes_without_recomputing(tmp_path):
     """A real SIGKILL of `python -m ctpc.sweep` (client, scheduler and workers) after the first
     cell file appears; the rerun completes the sweep and leaves finished cells untouched.
@@ -186,12 +198,7 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path):
     One worker runs 6 cells in order: cheap ones (10 steps) and slow ones (10000 steps, ~0.5 s
     each), so after the first file there are still seconds of work left: the kill always
     lands mid-sweep, without any timing assumption finer than that."""
-    raw = with_sweep({"seed": [0, 1, 2], "integrator.steps": [10, 10000]},
-                     record={"every": 1000, "samples": [0]})
-    cfg = tmp_path / "resume.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
-    out = tmp_path / "resume.nc"
-    cells = out.with_suffix(".cells")
+    cfg, out, cells = slow_sweep(tmp_path, "resume")
     cmd = [sys.executable, "-m", "ctpc.sweep", str(cfg), "--out", str(out), "--workers", "1",
            "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -347,12 +354,7 @@ def test_sigterm_stops_a_sweep_cleanly(tmp_path):
     """SIGTERM to `python -m ctpc.sweep` (as a batch scheduler sends it) after the first cell
     file appears: one line, exit 143, the finished cells kept, no combined or temporary file,
     and the local cluster's worker processes shut down with it."""
-    raw = with_sweep({"seed": [0, 1, 2], "integrator.steps": [10, 10000]},
-                     record={"every": 1000, "samples": [0]})
-    cfg = tmp_path / "term.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
-    out = tmp_path / "term.nc"
-    cells = out.with_suffix(".cells")
+    cfg, out, cells = slow_sweep(tmp_path, "term")
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "ctpc.sweep", str(cfg), "--out", str(out),
                              "--workers", "1", "--quiet"], env=env, start_new_session=True,
