@@ -179,16 +179,32 @@ def test_dry_run_lists_cells(tmp_path, capsys):
     assert "8 cells, 0 done" in capsys.readouterr().out
 
 
-def slow_sweep(tmp_path, name):
-    """A 6-cell sweep for the signal tests: cheap cells (10 steps) and slow ones (10000 steps,
-    ~0.5 s each), so that seconds of work remain after the first cell file appears. Returns
-    (config path, combined output path, cells directory)."""
+def child_env() -> dict:
+    """The environment of a child Python: this checkout's ctpc first on the path."""
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def start_slow_sweep(tmp_path, name):
+    """Start `python -m ctpc.sweep` on one worker, in its own process group, over 6 cells:
+    cheap ones (10 steps) and slow ones (10000 steps, ~0.5 s each), and return once the first
+    cell file exists, so that seconds of work remain. Returns (process, config path, combined
+    output path, cells directory)."""
     raw = with_sweep({"seed": [0, 1, 2], "integrator.steps": [10, 10000]},
                      record={"every": 1000, "samples": [0]})
     cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     out = tmp_path / f"{name}.nc"
-    return cfg, out, out.with_suffix(".cells")
+    cells = out.with_suffix(".cells")
+    proc = subprocess.Popen([sys.executable, "-m", "ctpc.sweep", str(cfg), "--out", str(out),
+                             "--workers", "1", "--quiet"], env=child_env(), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (cells.exists() and any(cells.glob("*.nc"))):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no cell file appeared; sweep stderr:\n{proc.communicate()[1]}")
+        time.sleep(0.02)
+    return proc, cfg, out, cells
 
 
 def test_killed_sweep_resumes_without_recomputing(tmp_path):
@@ -198,18 +214,7 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path):
     One worker runs 6 cells in order: cheap ones (10 steps) and slow ones (10000 steps, ~0.5 s
     each), so after the first file there are still seconds of work left: the kill always
     lands mid-sweep, without any timing assumption finer than that."""
-    cfg, out, cells = slow_sweep(tmp_path, "resume")
-    cmd = [sys.executable, "-m", "ctpc.sweep", str(cfg), "--out", str(out), "--workers", "1",
-           "--quiet"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (cells.exists() and any(cells.glob("*.nc"))):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"no cell file appeared; sweep stderr:\n{proc.communicate()[1]}")
-        time.sleep(0.02)
+    proc, cfg, out, cells = start_slow_sweep(tmp_path, "resume")
     os.killpg(proc.pid, signal.SIGKILL)      # the whole process group: client and workers
     proc.communicate()
     _wait_group_gone(proc.pid)
@@ -217,7 +222,8 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path):
     assert 1 <= len(finished) < 6, finished
     assert not out.exists()                   # the combined file is written only at the end
 
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(proc.args, env=child_env(), capture_output=True, text=True,
+                           timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     after = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in cells.glob("*.nc")}
     assert len(after) == 6
@@ -344,9 +350,8 @@ def test_brian2_import_from_a_thread_skips_only_the_signal_handler():
         "assert 'brian2' in sys.modules\n"
         "assert signal.getsignal(signal.SIGINT) is before\n"
         "assert signal.signal is real\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -354,17 +359,7 @@ def test_sigterm_stops_a_sweep_cleanly(tmp_path):
     """SIGTERM to `python -m ctpc.sweep` (as a batch scheduler sends it) after the first cell
     file appears: one line, exit 143, the finished cells kept, no combined or temporary file,
     and the local cluster's worker processes shut down with it."""
-    cfg, out, cells = slow_sweep(tmp_path, "term")
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "ctpc.sweep", str(cfg), "--out", str(out),
-                             "--workers", "1", "--quiet"], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (cells.exists() and any(cells.glob("*.nc"))):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"no cell file appeared; sweep stderr:\n{proc.communicate()[1]}")
-        time.sleep(0.02)
+    proc, cfg, out, cells = start_slow_sweep(tmp_path, "term")
     proc.send_signal(signal.SIGTERM)                  # the client process only
     try:
         _, err = proc.communicate(timeout=60)
