@@ -55,11 +55,13 @@ class GraphedUpdate:
             _restore_in_place(trainer.optimizer, before)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        """Replay the update on batch (x, y); returns the static statistics buffers."""
+        """Replay the update on batch (x, y); returns the static statistics buffers in a new
+        dict, so a caller that replaces an entry (frozen replicas) cannot detach the graph's
+        own output buffer from later replays."""
         self.x.copy_(x)
         self.y.copy_(y)
         self.graph.replay()
-        return self.stats
+        return dict(self.stats)
 
 
 def _optimizer_state(opt) -> dict:
