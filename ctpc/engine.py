@@ -93,8 +93,10 @@ def integrate(solver, carry, p: Params, n_steps: int, *, check_every: int | None
     step = 0
     while step < n_steps and alive.any():
         chunk = min(chunk_len, n_steps - step)
-        # a solver that steps its carry in place hands out a copy to replay from
-        snapshot, snap_solver = _snapshot(solver, carry), solver
+        # a solver that steps its carry in place hands out a copy to replay from (only when
+        # the chunk is checked: an unchecked run, e.g. training, never replays)
+        snapshot = _snapshot(solver, carry) if ends is not None else None
+        snap_solver = solver
         if observe is None and hasattr(solver, "advance"):
             # nothing to see between steps: the solver runs the chunk its own way (compiled)
             carry = solver.advance(carry, p, chunk, step + chunk == n_steps)
