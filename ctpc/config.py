@@ -208,6 +208,9 @@ class RecordConfig(_Strict):
     samples: Literal["all"] | list[int] = Field(default_factory=lambda: [0])
     units: Literal["all"] | list[int] = "all"
     max_mb: float = Field(2048.0, gt=0, description="refuse runs whose traces exceed this")
+    stream_mb: float = Field(256.0, gt=0, description=(
+        "a torch run whose records (traces and series) exceed this streams them to its output "
+        "file chunk by chunk instead of holding them in memory"))
 
 
 class TrainingConfig(_Strict):

@@ -18,9 +18,13 @@ state                       ``P·H·B·N·s``
 solver temporaries          ``(stages + 3)`` states: the Runge-Kutta stages (1 for the
                             Gauss-Seidel schemes) and the step's residuals and predictions
 record traces               ``3 × (T+1)·layers·samples·units·variables·s``: the buffers, their
-                            host copy and the per-run copy that becomes the dataset
+                            host copy and the per-run copy that becomes the dataset; a run that
+                            streams its records (``record.stream_mb``) holds one chunk of them
 record series               ``3 × (T+1)·(2 + 4H + 2L)·s``: energy and loss, the four per-layer
                             norms, BP cosine and relative error
+record chunk                ``min(8 MB, (T+1)·c)``, ``c = ((P+5)·H·B·N + 3·W + 2·B·O)·s``: the
+                            staged states of the record slots summarised together, and their
+                            summary's temporaries (:func:`record_slot_bytes`)
 divergence-check buffer     ``check_every·s``
 batch                       ``2·B·(D + O)·8``
 Brian2 objects              backend brian2 only: ``48`` bytes per synapse for construction
@@ -44,6 +48,11 @@ from .schemes import SCHEMES
 
 GB = 2 ** 30
 MB = 2 ** 20
+# Memory one chunk of record slots may take (the staged states and the temporaries of their
+# batched summary, see ctpc.recording.Recorder). Measured (docs/benchmarks.md): a few MB keep
+# a chunk's temporaries in the CPU's caches; 64 MB chunks were slower than one slot per chunk
+# at (N, L) = (128, 32), because every flush then streams its temporaries through memory.
+RECORD_CHUNK_BYTES = 8 * MB
 FALLBACK_RAM_BYTES = 16 * GB     # when the OS does not say (the default limit is half of it)
 
 
@@ -82,13 +91,44 @@ def trace_shape(cfg: Config) -> tuple[int, int, int, int]:
             count(rec.units, cfg.network.width))
 
 
+def record_slot_bytes(pops: int, hidden: int, replicas: int, batch: int, width: int,
+                      input_dim: int, output_dim: int, itemsize: int) -> int:
+    """Bytes one record slot takes while staged and summarised: the state (``pops``
+    populations) and its residuals, rates, credit and products (5 states), and the weight
+    read-out, its difference from BP and the W_1 operand (3 sets of weights)."""
+    state = hidden * replicas * batch * width
+    weights = replicas * (width * input_dim + (hidden - 1) * width * width + output_dim * width)
+    return itemsize * ((pops + 5) * state + 3 * weights + 2 * replicas * batch * output_dim)
+
+
 def trace_bytes(cfg: Config) -> int:
     t, l, s, u = trace_shape(cfg)
     return t * l * s * u * len(cfg.record.variables) * _itemsize(cfg)
 
 
+def record_bytes(cfg: Config) -> float:
+    """Bytes of everything recorded over time (traces and series) of one run."""
+    return _float(trace_bytes(cfg)) + series_bytes(cfg)
+
+
+def streams(cfg: Config) -> bool:
+    """Whether a run streams its records to its output file (``record.stream_mb``): torch
+    backend only (Brian2 records through its own monitors, in memory)."""
+    return cfg.backend == "torch" and record_bytes(cfg) > cfg.record.stream_mb * MB
+
+
+def series_bytes(cfg: Config) -> float:
+    """Bytes of the per-layer summaries over time (energy, norms, BP alignment)."""
+    slots = _float(n_record_slots(cfg.integrator.n_steps, cfg.record.every) + 1)
+    H, L = cfg.n_hidden, cfg.network.depth
+    per_slot = len(SERIES_SCALAR) + len(SERIES_LAYER) * H + len(SERIES_WEIGHT) * L
+    return slots * per_slot * _itemsize(cfg)
+
+
 def check_trace_size(cfg: Config) -> None:
-    """``record.max_mb``: the traces alone (what the file will hold) must stay below it."""
+    """``record.max_mb``: what the file will hold over time (the traces, and the per-layer
+    series) must stay below it. In memory or streamed to disk, a run of 1e12 steps is refused
+    here, before it starts."""
     itemsize = _itemsize(cfg)
     mb = _float(trace_bytes(cfg)) / MB
     if mb > cfg.record.max_mb:
@@ -99,6 +139,14 @@ def check_trace_size(cfg: Config) -> None:
             f"above record.max_mb = {cfg.record.max_mb:g}. Shrink it: record.every (now "
             f"{cfg.record.every}), a subset in record.layers / record.samples / record.units, "
             f"fewer record.variables, or raise record.max_mb.")
+    series = series_bytes(cfg)
+    if series / MB > cfg.record.max_mb:
+        raise ConfigError(
+            f"record: the per-layer series would take {_size(series)} "
+            f"({trace_shape(cfg)[0]:,} times x (energy, loss, 4 norms x {cfg.n_hidden} layers, "
+            f"2 alignments x {cfg.network.depth} weights) x {itemsize} bytes), above "
+            f"record.max_mb = {cfg.record.max_mb:g}. Shrink it: raise record.every (now "
+            f"{cfg.record.every}), lower integrator.steps, or raise record.max_mb.")
 
 
 @dataclass(frozen=True)
@@ -120,6 +168,8 @@ def estimate(cfg: Config) -> list[Term]:
     _, n_l, n_s, n_u = trace_shape(cfg)
     traces = slots * n_l * n_s * n_u * len(cfg.record.variables) * s
     series = slots * (len(SERIES_SCALAR) + len(SERIES_LAYER) * H + len(SERIES_WEIGHT) * L) * s
+    if streams(cfg):   # one chunk in memory (device buffers and its host copy), the rest on disk
+        traces, series = (min(t, RECORD_CHUNK_BYTES) for t in (traces, series))
     stages = SCHEMES[cfg.integrator.scheme].stages
     # Name the keys of the biggest block of weights: the hidden N x N matrices, or W_1 (N x D)
     # or W_L (O x N) when the data's input or output size dominates.
@@ -141,6 +191,9 @@ def estimate(cfg: Config) -> list[Term]:
              f"({cfg.record.max_mb:g} MB)"),
         Term("record series", 3 * series,
              f"{every}, or lower integrator.steps or network.depth"),
+        Term("record chunk", min(RECORD_CHUNK_BYTES, slots * record_slot_bytes(
+            P, H, 1, B, N, D, O, s)), f"{every}, or lower data.batch_size, network.width or "
+            "network.depth"),
         Term("divergence-check buffer", cfg.integrator.check_every * s,
              f"lower integrator.check_every (now {cfg.integrator.check_every})"),
         Term("batch", 2 * B * (D + O) * 8, "lower data.batch_size or network.input_dim"),

@@ -16,8 +16,8 @@ import torch
 
 from .config import Config
 from .dynamics import POP_H, POP_LAM, Dynamics, Params
-from .memory import check_trace_size
-from .network import Weights
+from .memory import RECORD_CHUNK_BYTES, check_trace_size, record_slot_bytes
+from .network import Network, Residuals, Weights
 from .reference import BPReference
 from .results import SERIES_LAYER, SERIES_SCALAR, SERIES_WEIGHT, RunResult
 
@@ -64,7 +64,8 @@ def plan_recording(cfg: Config) -> RecordPlan:
 
 
 def _blocks(w: Weights):
-    """The three weight blocks with the replica axis second-to-last: [1|H-1, R, n_elements]."""
+    """The three weight blocks, each matrix flattened: [1|H-1, R, (K,) n_elements] (an estimate
+    may carry a slot axis K after the replica axis; see :meth:`Recorder._flush`)."""
     return (w.w_in.flatten(-2)[None], w.w_mid.flatten(-2), w.w_out.flatten(-2)[None])
 
 
@@ -77,11 +78,19 @@ def alignment(est: Weights, ref: Weights, ref_norm: torch.Tensor | None = None):
     """(cosine [L, R], relative error [L, R]) of each weight matrix's estimate against BP.
     ``ref_norm``: :func:`weight_norms` of ``ref`` when known (it is constant over a run).
 
+    ``est`` may hold K estimates per replica (a slot axis after the replica axis: w_in
+    [R, K, N, D], w_mid [H-1, R, K, N, N], w_out [R, K, O, N]); the results are then
+    [L, R, K], each estimate against its replica's reference.
+
     An estimate that is exactly zero (e.g. every hidden layer at the feed-forward start, where
     r = 0 and lambda = 0) has cosine 0: it carries no alignment."""
     ref_norm = weight_norms(ref) if ref_norm is None else ref_norm
+    slots = est.w_in.dim() > ref.w_in.dim()
+    if slots:
+        ref_norm = ref_norm.unsqueeze(-1)
     dots, norms, diff = [], [], []
     for g, b in zip(_blocks(est), _blocks(ref)):
+        b = b.unsqueeze(-2) if slots else b
         dots.append(torch.linalg.vecdot(g, b))
         norms.append(torch.linalg.vector_norm(g, dim=-1))
         diff.append(torch.linalg.vector_norm(g - b, dim=-1))
@@ -92,21 +101,29 @@ def alignment(est: Weights, ref: Weights, ref_norm: torch.Tensor | None = None):
 
 class Recorder:
     """Preallocated device buffers for R replicas; ``record`` writes one time slot (all replicas
-    at the same step), and nothing is copied to the host until :meth:`results`."""
+    at the same step), and nothing is copied to the host until :meth:`results` (or, streaming,
+    until a chunk is complete).
 
-    def __init__(self, dyn: Dynamics, plan: RecordPlan, bp: BPReference, replicas: int):
+    A record step only *stages* what it sees (three copies: the state, and the residuals and
+    output as the solver carries them, exact); the summaries (norms, energy, the weight
+    read-out and its BP alignment) and the traces of a chunk of up to K staged slots are then
+    computed together, in ~30 batched operators, when the chunk is full or the run ends. The
+    numbers are those of summarising each slot on its own (same formulas; the K slots ride the
+    batch axis), at the launch cost of one slot. K is set by
+    :data:`ctpc.memory.RECORD_CHUNK_BYTES`.
+
+    ``stream``: a :class:`ctpc.stream.RecordStream`. Each summarised chunk is then copied to
+    the host and appended to it, and the device buffers hold one chunk, not the whole run."""
+
+    def __init__(self, dyn: Dynamics, plan: RecordPlan, bp: BPReference, replicas: int,
+                 chunk_bytes: int | None = None, stream=None):
         self.dyn, self.plan, self.bp, self.replicas = dyn, plan, bp, replicas
+        self.chunk_bytes = RECORD_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+        self.stream = stream
         net = dyn.net
-        dev, dt = net.device, net.dtype
-        # one spare slot: the final state of each replica, at its own last step
-        n_t, n_h, n_w, R = len(plan.steps) + 1, net.n_hidden, net.depth, replicas
-        _, l, s, u = plan.trace_shape
-        # empty, not zeros: a slot is only ever read after it was written
-        self.traces = {v: torch.empty(n_t, l, R, s, u, device=dev, dtype=dt)
-                       for v in plan.variables}
-        self.series = {k: torch.empty(n_t, R, device=dev, dtype=dt) for k in SERIES_SCALAR}
-        self.series |= {k: torch.empty(n_t, n_h, R, device=dev, dtype=dt) for k in SERIES_LAYER}
-        self.series |= {k: torch.empty(n_t, n_w, R, device=dev, dtype=dt) for k in SERIES_WEIGHT}
+        dev = net.device
+        self.traces: dict[str, torch.Tensor] = {}     # var -> [slots, layers, R, samples, units]
+        self.series: dict[str, torch.Tensor] = {}     # name -> [slots, (layer | weight,) R]
         self.bp_norm = weight_norms(bp.grads)              # [L, R], constant over the run
         idx = lambda a: torch.as_tensor(a, device=dev, dtype=torch.long)
         self._layer_idx = None if plan.all_layers else idx(plan.layers - 1)
@@ -114,15 +131,21 @@ class Recorder:
         self._unit_idx = None if plan.all_units else idx(plan.units)
         self.slot_steps: list[int] = []
         self._next = 0   # index into plan.steps of the next step due
+        # staging (allocated at the first record, when the batch size is known)
+        self._stage_S = self._stage_r = self._stage_yhat = None
+        self._chunk = 0          # K: slots per chunk
+        self._first = 0          # slot index of the chunk's first staged slot
+        self._staged = 0         # slots staged in the current chunk
+        self._p: Params | None = None
 
     def _select(self, t: torch.Tensor) -> torch.Tensor:
-        """[H, R, B, N] -> [layers, R, samples, units]."""
+        """[H, R, ..., B, N] -> [layers, R, ..., samples, units]."""
         if self._layer_idx is not None:
             t = t.index_select(0, self._layer_idx)
         if self._sample_idx is not None:
-            t = t.index_select(2, self._sample_idx)
+            t = t.index_select(t.dim() - 2, self._sample_idx)
         if self._unit_idx is not None:
-            t = t.index_select(3, self._unit_idx)
+            t = t.index_select(t.dim() - 1, self._unit_idx)
         return t
 
     def due(self, step: int) -> bool:
@@ -138,29 +161,89 @@ class Recorder:
         err, credit = self.dyn.error(S, resid), self.dyn.credit(S, resid, p)
         return {"h": S[POP_H], "lam": S[POP_LAM], "err": err, "credit": credit}
 
-    def _write(self, i: int, S: torch.Tensor, p: Params, resid=None) -> None:
-        dyn = self.dyn
-        resid = dyn.residuals(S, p) if resid is None else resid
-        values = self._values(S, p, resid)
-        err, credit = values["err"], values["credit"]
+    # ------------------------------------------------------------------ staging
+    def _allocate(self, S: torch.Tensor, p: Params) -> None:
+        P, H, R, B, N = S.shape
+        left = len(self.plan.steps) + 1 - len(self.slot_steps)
+        slot = record_slot_bytes(P, H, R, B, N, p.x.shape[-1], p.y.shape[-1], S.element_size())
+        K = max(1, min(left, self.chunk_bytes // slot))
+        self._chunk = K
+        # the summary buffers: every slot of the run, or one chunk when streaming. Empty, not
+        # zeros: a slot is only ever read after it was written.
+        n_t = K if self.stream is not None else len(self.plan.steps) + 1
+        _, l, s, u = self.plan.trace_shape
+        self.traces = {v: S.new_empty(n_t, l, R, s, u) for v in self.plan.variables}
+        self.series = {k: S.new_empty(n_t, R) for k in SERIES_SCALAR}
+        self.series |= {k: S.new_empty(n_t, H, R) for k in SERIES_LAYER}
+        self.series |= {k: S.new_empty(n_t, H + 1, R) for k in SERIES_WEIGHT}
+        self._stage_S = S.new_empty(P, H, R, K * B, N)
+        self._stage_r = S.new_empty(H, R, K * B, N)
+        self._stage_yhat = S.new_empty(R, K * B, p.y.shape[-1])
+
+    def _stage(self, S: torch.Tensor, p: Params, resid) -> None:
+        """Copy the state and its network pass into the next staged slot (flush when full)."""
+        if self._p is not None and p is not self._p:
+            self._flush()                    # new parameters: summarise what was staged
+        if self._stage_S is None:
+            self._allocate(S, p)
+        self._p = p
+        resid = self.dyn.residuals(S, p) if resid is None else resid
+        B, j = S.shape[3], self._staged
+        rows = slice(j * B, (j + 1) * B)
+        self._stage_S[:, :, :, rows].copy_(S)
+        self._stage_r[:, :, rows].copy_(resid.r)
+        self._stage_yhat[:, rows].copy_(resid.y_hat)
+        self._staged += 1
+        if self._staged == self._chunk:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Summarise the staged slots in one batched pass into their time slots."""
+        k, p = self._staged, self._p
+        if k == 0:
+            return
+        net = self.dyn.net
+        P, H, R, KB, N = self._stage_S.shape
+        B = KB // self._chunk
+        rows = slice(0, k * B)
+        S = self._stage_S[:, :, :, rows]                        # [P, H, R, kB, N]
+        r, y_hat = self._stage_r[:, :, rows], self._stage_yhat[:, rows]
+        resid = Residuals(r, y_hat, net.phi(S[POP_H]))
+        values = self._values(S, p, resid)                      # [H, R, kB, N] each
+        first = 0 if self.stream is not None else self._first
+        slots = slice(first, first + k)
+        per_slot = lambda t: t.unflatten(-2, (k, B))             # [..., R, k, B, N]
         for name, buf in self.traces.items():
-            buf[i] = self._select(values[name])
-        energy, loss = dyn.energy(S, resid, p)
-        self.series["energy"][i] = energy
-        self.series["loss"][i] = loss
-        inv_sqrt_b = 1.0 / math.sqrt(p.x.shape[1])
-        for key, t in zip(SERIES_LAYER, (resid.r, err, S[POP_LAM], credit)):
+            buf[slots] = self._select(per_slot(values[name])).movedim(2, 0)
+        # energy and loss per slot (the formulas of Dynamics.energy, per group of B samples)
+        y = p.y.unsqueeze(1)
+        loss = 0.5 * (per_slot(y_hat) - y).square().sum(dim=(-2, -1)) / B       # [R, k]
+        rho = p.rates.rho
+        rho = rho.view(-1, 1) if isinstance(rho, torch.Tensor) else rho
+        lam_r, rr = per_slot(S[POP_LAM] * r), per_slot(r.square())
+        constraint = lam_r.sum(dim=(0, 3, 4)) + 0.5 * rho * rr.sum(dim=(0, 3, 4))
+        self.series["energy"][slots] = (loss + constraint / B).T
+        self.series["loss"][slots] = loss.T
+        inv_sqrt_b = 1.0 / math.sqrt(B)
+        for key, t in zip(SERIES_LAYER, (r, values["err"], S[POP_LAM], values["credit"])):
             # RMS over the batch of each sample's norm = ||t_l||_F / sqrt(B): one reduction
-            torch.mul(torch.linalg.vector_norm(t, dim=(-2, -1)), inv_sqrt_b,
-                      out=self.series[key][i])
-        grads = dyn.net.weight_gradients(resid.a, resid.y_hat, credit, p.x, p.y)
-        cos, rel = alignment(grads, self.bp.grads, self.bp_norm)
-        self.series["bp_cos"][i] = cos
-        self.series["bp_relerr"][i] = rel
+            norm = torch.linalg.vector_norm(per_slot(t), dim=(-2, -1))           # [H, R, k]
+            self.series[key][slots] = norm.mul_(inv_sqrt_b).movedim(2, 0)
+        grads = _slot_weight_gradients(net, resid.a, y_hat, values["credit"], p.x, p.y, k)
+        cos, rel = alignment(grads, self.bp.grads, self.bp_norm)                # [L, R, k]
+        self.series["bp_cos"][slots] = cos.movedim(2, 0)
+        self.series["bp_relerr"][slots] = rel.movedim(2, 0)
+        if self.stream is not None:
+            host = {f"trace_{v}": b[:k] for v, b in self.traces.items()}
+            host |= {f"series_{v}": b[:k] for v, b in self.series.items()}
+            self.stream.append({v: b.cpu().numpy() for v, b in host.items()})
+        self._first += k
+        self._staged = 0
 
     def record(self, step: int, S: torch.Tensor, p: Params, resid=None) -> None:
-        """Write the state at ``step`` (every replica) into the next free slot."""
-        self._write(len(self.slot_steps), S, p, resid)
+        """Record the state at ``step`` (every replica) in the next free slot: staged now,
+        summarised with its chunk (see the class note)."""
+        self._stage(S, p, resid)
         self.slot_steps.append(step)
         self._next = int(np.searchsorted(self.plan.steps, step, side="right"))
 
@@ -181,19 +264,25 @@ class Recorder:
         # (a replica diverged between record steps) one more slot holds each final state.
         extra = not (n and (slot_steps[-1] == done).all() and not slot_traces)
         if extra:
-            self._write(n, S, p)
+            self._stage(S, p, None)
+        self._flush()
         with torch.no_grad():
             resid = self.dyn.residuals(S, p)
             grads = self.dyn.net.weight_gradients(resid.a, resid.y_hat,
                                                   self.dyn.credit(S, resid, p), p.x, p.y)
         host = lambda t: t.detach().cpu().numpy()        # no copy on the CPU
         used = n + extra
-        traces = {k: host(v[:used]) for k, v in self.traces.items()}
+        if self.stream is not None:      # lazily read back from the stream, chunk by chunk
+            lazy = self.stream.finish()
+            traces = {k: lazy[f"trace_{k}"][:used] for k in self.plan.variables}
+            series = {k: lazy[f"series_{k}"][:used] for k in self.series}
+        else:
+            traces = {k: host(v[:used]) for k, v in self.traces.items()}
+            series = {k: host(v[:used]) for k, v in self.series.items()}
         if slot_traces:
             values = self._values(S, p, resid)
             for k, v in slot_traces.items():
                 traces[k] = np.concatenate([v[:n], host(self._select(values[k]))[None]])
-        series = {k: host(v[:used]) for k, v in self.series.items()}
         adjoint = host(self.bp.adjoint_norm)
         grads_h = [[host(m) for m in grads.matrices(r)] for r in range(self.replicas)]
         bp_h = [[host(m) for m in self.bp.grads.matrices(r)] for r in range(self.replicas)]
@@ -216,3 +305,22 @@ class Recorder:
                 steps_completed=d, backend=backend, device=device, wall_time_s=wall,
                 extra_attrs=extra_attrs, diverged_reason=(reasons or [None] * self.replicas)[r]))
         return out
+
+
+def _slot_weight_gradients(net: Network, a: torch.Tensor, y_hat: torch.Tensor, g: torch.Tensor,
+                           x: torch.Tensor, y: torch.Tensor, k: int) -> Weights:
+    """:meth:`Network.weight_gradients` of k slots at once: a, g [H, R, k*B, N] and y_hat
+    [R, k*B, O] hold k groups of B samples (slot-major), x [R, B, D] and y [R, B, O] the batch
+    every slot shares. Returns w_in [R, k, N, D], w_mid [H-1, R, k, N, N], w_out [R, k, O, N]:
+    each slot's batch-mean read-out, as the per-slot call would give it."""
+    H, R, kB, N = g.shape
+    B = kB // k
+    per_slot = lambda t: t.unflatten(-2, (k, B))
+    # W_1: the k slots' credit as one [k N, B] operand against the shared input: one product
+    g0 = per_slot(g[0]).transpose(-1, -2).reshape(R, k * N, B)
+    g_in = torch.bmm(g0, x).mul_(-net.s_in / B).view(R, k, N, x.shape[-1])
+    hi, lo = per_slot(g[1:]).flatten(0, 2), per_slot(a[:-1]).flatten(0, 2)
+    g_mid = torch.bmm(hi.transpose(1, 2), lo).mul_(-net.s_mid / B).view(H - 1, R, k, N, N)
+    out_err = (per_slot(y_hat) - y.unsqueeze(1)).flatten(0, 1)
+    g_out = torch.bmm(out_err.transpose(1, 2), per_slot(a[-1]).flatten(0, 1))
+    return Weights(g_in, g_mid, g_out.mul_(net.s_out / B).view(R, k, y.shape[-1], N))

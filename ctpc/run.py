@@ -7,16 +7,19 @@ import numpy as np
 import xarray as xr
 
 from .config import Config, ConfigError
-from .io import build_dataset, check_output_path, write_netcdf
+from .io import build_dataset, check_output_path, open_results, write_netcdf
 from .loading import load_config
+from .memory import MB, record_bytes, streams
 from .model import matmul_precision
+from .stream import RecordStream, scratch_path
 
 
-def run_backend(cfg: Config, progress: bool):
+def run_backend(cfg: Config, progress: bool, stream: RecordStream | None = None):
     if cfg.backend == "torch":
         from .backends.torch_backend import run
-    else:   # imported only when asked for: Brian2 is a heavy import
-        from .backends.brian2_backend import run
+        with matmul_precision(cfg):
+            return run(cfg, progress=progress, stream=stream)
+    from .backends.brian2_backend import run   # only when asked for: Brian2 is a heavy import
     with matmul_precision(cfg):
         return run(cfg, progress=progress)
 
@@ -29,16 +32,37 @@ def simulate(config, overrides=None, *, out: str | Path | None = None, progress:
     ``"key.path=value"`` strings or a ``{"key.path": value}`` dict. The file is written when
     ``out`` (or ``config.output``) is set; the target is checked before the run starts. A
     diverged run is returned normally with ``ds.attrs["status"] == "diverged"``; check it.
+
+    A run whose records exceed ``record.stream_mb`` streams them to disk as it goes (it needs
+    an output file) and returns the written file opened lazily; otherwise the dataset is in
+    memory.
     """
     cfg = load_config(config, overrides)
     _refuse_bp(cfg)
     target = out if out is not None else cfg.output
-    if target is not None:
+    stream = None
+    if streams(cfg):
+        if target is None:
+            raise ConfigError(
+                f"record: this run records {record_bytes(cfg) / MB:.3g} MB, above "
+                f"record.stream_mb = {cfg.record.stream_mb:g}, so it streams its records to its "
+                "output file as it runs; give one (out=... or output:), record less "
+                "(record.every, record.samples, record.variables), or raise record.stream_mb "
+                "to hold them in memory")
+        stream = RecordStream(scratch_path(check_output_path(target)))
+    elif target is not None:
         check_output_path(target)
-    result = run_backend(cfg, progress)
-    ds = build_dataset(cfg, result, command)
+    try:
+        result = run_backend(cfg, progress, stream)
+        ds = build_dataset(cfg, result, command)
+        if target is not None:
+            write_netcdf(ds, target)
+    finally:
+        if stream is not None:
+            stream.remove()
+    if stream is not None:     # the scratch file is gone: read the records from the output
+        ds = open_results(target)
     if target is not None:
-        write_netcdf(ds, target)
         ds.attrs["path"] = str(target)
     return ds
 
@@ -52,12 +76,24 @@ def simulate_replicas(configs: list, commands: list[str | None] | None = None) -
     commands = commands or [None] * len(cfgs)
     for cfg in cfgs:
         _refuse_bp(cfg)
+        _refuse_stream(cfg)
     if len(cfgs) == 1:
         return [build_dataset(cfgs[0], run_backend(cfgs[0], False), commands[0])]
     from .backends.torch_backend import run_replicas
     with matmul_precision(cfgs[0]):
         results = run_replicas(cfgs, progress=False)
     return [build_dataset(c, r, cmd) for c, r, cmd in zip(cfgs, results, commands)]
+
+
+def _refuse_stream(cfg: Config) -> None:
+    """Datasets returned in memory (replicas, sweep cells) cannot stream their records."""
+    if streams(cfg):
+        raise ConfigError(
+            f"record: a run of {cfg.name or 'this config'} records {record_bytes(cfg) / MB:.3g} "
+            f"MB, above record.stream_mb = {cfg.record.stream_mb:g}; replicas and sweep cells "
+            "keep their records in memory. Record less (record.every, record.samples, "
+            "record.variables), raise record.stream_mb, or run it alone with python -m "
+            "ctpc.simulate, which streams to its output file")
 
 
 def _refuse_bp(cfg: Config) -> None:

@@ -165,16 +165,18 @@ NUMBERS = [
 
 # ======================================================================= 7: memory guard
 # Every size here is far beyond any machine (TB), so the default limit (half of this machine's
-# memory) refuses them wherever the tests run.
+# memory) refuses them wherever the tests run. A run that long streams its records to disk
+# (record.stream_mb), so it is the file-size guard record.max_mb that refuses it.
 MEMORY = [
     ("steps=1e12", ["integrator.steps=1000000000000"], 2,
-     ["memory", "record traces", "record.every", "TB"]),
-    ("steps=1.0e+12", ["integrator.steps=1.0e+12"], 2, ["memory", "record.every"]),
+     ["record: the traces", "record.every", "TB", "record.max_mb"]),
+    ("steps=1.0e+12", ["integrator.steps=1.0e+12"], 2, ["record.every", "record.max_mb"]),
     ("steps=1e12, no traces", ["integrator.steps=1000000000000", "record.variables=[]"], 2,
-     ["memory", "record series", "integrator.steps"]),
+     ["record: the per-layer series", "integrator.steps", "record.max_mb"]),
     ("width=200000", ["network.width=200000"], 2,
      ["memory", "weights", "network.width", "TB"]),
-    ("depth=1e10", ["network.depth=10000000000"], 2, ["memory", "record traces", "TB"]),
+    ("depth=1e10", ["network.depth=10000000000"], 2, ["memory", "weights", "network.depth",
+                                                       "TB"]),
     ("depth=1e10, one layer traced", ["network.depth=10000000000", "record.layers=[1]"], 2,
      ["memory", "network.depth", "TB"]),
     ("batch_size=1e10", ["data.batch_size=10000000000"], 2, ["memory", "data.batch_size"]),

@@ -19,11 +19,13 @@ from ..reference import bp_reference
 from ..results import RunResult
 
 
-def run(cfg: Config, progress: bool = True) -> RunResult:
-    return run_replicas([cfg], progress)[0]
+def run(cfg: Config, progress: bool = True, stream=None) -> RunResult:
+    """One run; ``stream``: a :class:`ctpc.stream.RecordStream` that receives the records chunk
+    by chunk (long runs), else they are kept in memory."""
+    return run_replicas([cfg], progress, stream)[0]
 
 
-def run_replicas(cfgs: list[Config], progress: bool = True) -> list[RunResult]:
+def run_replicas(cfgs: list[Config], progress: bool = True, stream=None) -> list[RunResult]:
     t0 = time.perf_counter()
     first = cfgs[0]
     plan = plan_recording(first)            # refuses oversized traces before any work
@@ -33,7 +35,7 @@ def run_replicas(cfgs: list[Config], progress: bool = True) -> list[RunResult]:
                          weight_credit_timing=it.weight_credit_timing)
     p = model.params()
     bp = bp_reference(model.net, model.weights, model.x, model.y)
-    rec = Recorder(model.dyn, plan, bp, model.replicas)
+    rec = Recorder(model.dyn, plan, bp, model.replicas, stream=stream)
     n = it.n_steps
     with torch.no_grad(), tqdm(total=n, desc=f"{first.name or 'ctpc'} {it.scheme}",
                                unit="step", disable=not progress, leave=False) as bar:

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..config import Config, ConfigError
 from ..loading import load_config
+from ..memory import MB, record_bytes, streams
 
 # Keys a sweep cannot vary: they name the sweep itself or its output.
 FORBIDDEN_KEYS = ("sweep", "output", "name")
@@ -185,11 +186,17 @@ def expand(base: dict, axes: list[Axis]) -> list[Cell]:
     cells, digests = [], {}
     for index in itertools.product(*(range(len(a)) for a in axes)):
         overrides = {k: v for a, i in zip(axes, index) for k, v in zip(a.keys, a.values[i])}
+        label = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
         try:
             cfg = load_config(base, overrides)
         except ConfigError as exc:
-            label = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
             raise ConfigError(f"sweep cell ({label}): {exc}") from None
+        if cfg.training is None and streams(cfg):
+            raise ConfigError(
+                f"sweep cell ({label}): record: the cell records {record_bytes(cfg) / MB:.3g} "
+                f"MB, above record.stream_mb = {cfg.record.stream_mb:g}; sweep cells keep their "
+                "records in memory. Record less (record.every, record.samples, "
+                "record.variables) or raise record.stream_mb")
         cells.append(Cell(index, overrides, cfg, cell_key(cfg, digests)))
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
