@@ -1,13 +1,14 @@
 """``simulate``: config in, labelled dataset out (and a netCDF file when an output is set)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from .config import Config, ConfigError
-from .io import build_dataset, check_output_path, open_results, write_netcdf
+from .io import OutputError, build_dataset, check_output_path, open_results, write_netcdf
 from .loading import load_config
 from .memory import MB, record_bytes, streams
 from .model import matmul_precision
@@ -49,7 +50,16 @@ def simulate(config, overrides=None, *, out: str | Path | None = None, progress:
                 "output file as it runs; give one (out=... or output:), record less "
                 "(record.every, record.samples, record.variables), or raise record.stream_mb "
                 "to hold them in memory")
-        stream = RecordStream(scratch_path(check_output_path(target)))
+        path = check_output_path(target)
+        free = shutil.disk_usage(path.parent).free
+        if free < record_bytes(cfg):
+            raise OutputError(
+                f"record: this run streams {record_bytes(cfg) / MB:.3g} MB of records to a "
+                f"scratch file next to {str(path)!r} (record.stream_mb = "
+                f"{cfg.record.stream_mb:g}), but only {free / MB:.3g} MB are free there; free "
+                "space, choose another output path, or record less (record.every, "
+                "record.samples, record.variables)")
+        stream = RecordStream(scratch_path(path))
     elif target is not None:
         check_output_path(target)
     try:

@@ -208,3 +208,14 @@ def test_the_command_line_streams_a_long_run(tmp_path, small_chunks):
     assert len(small_chunks) > 3
     ds = ctpc.open_results(out)
     assert ds.sizes["time"] == 61 and np.isfinite(ds.h.values).all()
+
+
+def test_a_stream_that_cannot_fit_on_the_disk_is_refused_before_the_run(tmp_path, monkeypatch):
+    import shutil
+    import ctpc.run
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(ctpc.run.shutil, "disk_usage",
+                        lambda path: usage._replace(free=1000))
+    with pytest.raises(ctpc.ConfigError, match="only 0.000954 MB are free"):
+        ctpc.simulate(long_config(stream_mb=1e-3), out=tmp_path / "x.nc")
+    assert list(tmp_path.iterdir()) == []
