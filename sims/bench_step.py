@@ -9,8 +9,13 @@ Variants (each checked to compute the same read-out before it is timed):
   compiled      the loop with torch.compile'd chunks of steps (integrator.compile: true)
   simulate      ctpc.simulate with the default recording (per-layer summaries and the traces of
                 sample 0 at every step), end to end (build, BP reference, dataset)
+  simulate-1slot the default recording summarised one slot at a time (RECORD_CHUNK_BYTES = 1:
+                a chunk of one slot; what the chunked recorder replaced)
   simulate-none ctpc.simulate recording only the first and last step, no traces
-  simulate-full ctpc.simulate recording every step of every variable of every sample
+  simulate-full ctpc.simulate recording every step of every variable of every sample (held
+                in memory, not written; cells whose traces fit 300 MB)
+  stream        (its own table, first cell only, 5 repeats) full traces written to a file:
+                held in memory then written, against streamed to disk while running
   jax           sims/jax_pcalm.py (jit + lax.scan) on the same weights and batch, in the same
                 process and interleaved, when jax is importable
   R replicas    R networks of the same cell as one tensor program (time for all R)
@@ -81,10 +86,39 @@ def ctpc_loop(cfgs, check: bool):
     return run
 
 
-def ctpc_simulate(cfg):
+def ctpc_simulate(cfg, chunk_bytes=None, out=None):
+    """ctpc.simulate of ``cfg``; ``chunk_bytes``: the recorder's chunk size for this call."""
     import ctpc
+    import ctpc.recording
     loaded = ctpc.load_config(cfg)
-    return lambda: ctpc.simulate(loaded)
+
+    def run():
+        default = ctpc.recording.RECORD_CHUNK_BYTES
+        if chunk_bytes is not None:
+            ctpc.recording.RECORD_CHUNK_BYTES = chunk_bytes
+        try:
+            ds = ctpc.simulate(loaded, out=out)
+            ds.close()
+        finally:
+            ctpc.recording.RECORD_CHUNK_BYTES = default
+    return run
+
+
+FULL = {"every": 1, "variables": ["h", "lam", "err", "credit"], "samples": "all"}
+
+
+def stream_costs(cell, repeats: int, sync) -> dict:
+    """Full traces of ``cell`` written to a file: in memory then written (stream_mb raised
+    above the run's records) against streamed while running (stream_mb lowered below)."""
+    import tempfile
+    n, l, t, b = cell
+    out = Path(tempfile.mkdtemp()) / "bench.nc"
+    fns = {"full, in memory + write": ctpc_simulate(
+               config(n, l, t, b, record={**FULL, "stream_mb": 1e5}), out=out),
+           "full, streamed + write": ctpc_simulate(
+               config(n, l, t, b, record={**FULL, "stream_mb": 1.0}), out=out),
+           "none + write": ctpc_simulate(config(n, l, t, b), out=out)}
+    return median_interleaved(fns, repeats, sync)
 
 
 def median_interleaved(fns: dict, repeats: int, sync) -> dict:
@@ -133,8 +167,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=31)
     p.add_argument("--cells", default="all", help="all, or comma-separated N,L,T,B;... keys")
-    p.add_argument("--variants", default="loop,loop+check,compiled,simulate,simulate-none,"
-                                         "simulate-full,replicas,jax")
+    p.add_argument("--variants", default="loop,loop+check,compiled,simulate,simulate-1slot,"
+                                         "simulate-none,simulate-full,replicas,jax,stream")
     p.add_argument("--replicas", type=int, default=8)
     p.add_argument("--out", help="write the results as JSON here")
     a = p.parse_args()
@@ -168,11 +202,13 @@ def main():
             results.setdefault("compile_s", {})[key] = time.perf_counter() - t0
         if "simulate" in variants:
             fns["simulate"] = ctpc_simulate(config(n, l, t, b, record=None))
+        if "simulate-1slot" in variants:
+            fns["simulate-1slot"] = ctpc_simulate(config(n, l, t, b, record=None), chunk_bytes=1)
         if "simulate-none" in variants:
             fns["simulate-none"] = ctpc_simulate(config(n, l, t, b))
-        if "simulate-full" in variants and n * l * t <= 2 ** 17:
+        if "simulate-full" in variants and 16 * (t + 2) * (l - 1) * b * n <= 300 * 2 ** 20:
             fns["simulate-full"] = ctpc_simulate(config(n, l, t, b, record={
-                "every": 1, "variables": ["h", "lam", "err", "credit"], "samples": "all"}))
+                **FULL, "stream_mb": 1e5}))
         if "replicas" in variants and key in REPLICA_CELLS:
             fns[f"R={a.replicas}"] = ctpc_loop(
                 [config(n, l, t, b, seed=s) for s in range(a.replicas)], check=False)
@@ -182,6 +218,11 @@ def main():
             check_same(fns["loop"], fns["compiled"])
         results["cells"][key] = median_interleaved(fns, a.repeats, sync)
         print(key, {k: round(v, 3) for k, v in results["cells"][key].items()}, flush=True)
+    if "stream" in variants:
+        key = cells[0]
+        results["stream"] = {key: stream_costs(CELLS[key], 5, sync)}
+        print("stream", key, {k: round(v, 1) for k, v in results["stream"][key].items()},
+              flush=True)
     results["load_after"] = os.getloadavg()
     print(json.dumps(results, indent=1))
     if a.out:

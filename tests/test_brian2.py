@@ -350,7 +350,7 @@ def test_brian2_config_errors(overrides, key, hint, capsys):
 
 def test_standalone_state_monitors_respect_max_mb():
     cfg = deep_config(brian2={"target": "cpp_standalone"}, backend="brian2",
-                      record={"max_mb": 0.01, "variables": ["h"], "samples": [0], "units": [0]})
+                      record={"max_mb": 0.03, "variables": ["h"], "samples": [0], "units": [0]})
     with pytest.raises(ctpc.ConfigError, match="cpp_standalone keeps the full state"):
         ctpc.simulate(cfg)
 
