@@ -181,13 +181,18 @@ class Recorder:
         self._stage_yhat = S.new_empty(R, K * B, p.y.shape[-1])
 
     def _stage(self, S: torch.Tensor, p: Params, resid) -> None:
-        """Copy the state and its network pass into the next staged slot (flush when full)."""
+        """Copy the state and its network pass into the next staged slot (flush when full).
+        With one slot per chunk (large states) there is nothing to batch: the slot is
+        summarised at once from the tensors given, without the staging copies."""
         if self._p is not None and p is not self._p:
             self._flush()                    # new parameters: summarise what was staged
         if self._stage_S is None:
             self._allocate(S, p)
         self._p = p
         resid = self.dyn.residuals(S, p) if resid is None else resid
+        if self._chunk == 1:
+            self._summarise(S, resid.r, resid.y_hat, resid.a, 1)
+            return
         B, j = S.shape[3], self._staged
         rows = slice(j * B, (j + 1) * B)
         self._stage_S[:, :, :, rows].copy_(S)
@@ -198,38 +203,49 @@ class Recorder:
             self._flush()
 
     def _flush(self) -> None:
-        """Summarise the staged slots in one batched pass into their time slots."""
-        k, p = self._staged, self._p
+        """Summarise the staged slots."""
+        k = self._staged
         if k == 0:
             return
-        net = self.dyn.net
-        P, H, R, KB, N = self._stage_S.shape
-        B = KB // self._chunk
-        rows = slice(0, k * B)
+        rows = slice(0, k * self._stage_S.shape[3] // self._chunk)
         S = self._stage_S[:, :, :, rows]                        # [P, H, R, kB, N]
-        r, y_hat = self._stage_r[:, :, rows], self._stage_yhat[:, rows]
-        resid = Residuals(r, y_hat, net.phi(S[POP_H]))
+        self._summarise(S, self._stage_r[:, :, rows], self._stage_yhat[:, rows],
+                        self.dyn.net.phi(S[POP_H]), k)
+        self._staged = 0
+
+    def _summarise(self, S: torch.Tensor, r: torch.Tensor, y_hat: torch.Tensor,
+                   a: torch.Tensor, k: int) -> None:
+        """Summaries and traces of k slots into the next k time slots, in one batched pass.
+        S [P, H, R, kB, N], r and a = phi(h) [H, R, kB, N], y_hat [R, kB, O]: k groups of B
+        samples, slot-major."""
+        p, net = self._p, self.dyn.net
+        B = S.shape[3] // k
+        resid = Residuals(r, y_hat, a)
         values = self._values(S, p, resid)                      # [H, R, kB, N] each
         first = 0 if self.stream is not None else self._first
         slots = slice(first, first + k)
         per_slot = lambda t: t.unflatten(-2, (k, B))             # [..., R, k, B, N]
         for name, buf in self.traces.items():
             buf[slots] = self._select(per_slot(values[name])).movedim(2, 0)
-        # energy and loss per slot (the formulas of Dynamics.energy, per group of B samples)
+        # RMS over the batch of each sample's norm = ||t_l||_F / sqrt(B): one reduction each
+        # (with instantaneous error neurons err is r: its norm is not taken twice)
+        norm_of = lambda t: torch.linalg.vector_norm(per_slot(t), dim=(-2, -1))   # [H, R, k]
+        res_norm = norm_of(r)
+        norms = (res_norm, res_norm if values["err"] is r else norm_of(values["err"]),
+                 norm_of(S[POP_LAM]), norm_of(values["credit"]))
+        for key, norm in zip(SERIES_LAYER, norms):
+            self.series[key][slots] = (norm * (1.0 / math.sqrt(B))).movedim(2, 0)
+        # energy and loss per slot (the formulas of Dynamics.energy, per group of B samples);
+        # sum r^2 is the square of the residual norms just taken
         y = p.y.unsqueeze(1)
         loss = 0.5 * (per_slot(y_hat) - y).square().sum(dim=(-2, -1)) / B       # [R, k]
         rho = p.rates.rho
         rho = rho.view(-1, 1) if isinstance(rho, torch.Tensor) else rho
-        lam_r, rr = per_slot(S[POP_LAM] * r), per_slot(r.square())
-        constraint = lam_r.sum(dim=(0, 3, 4)) + 0.5 * rho * rr.sum(dim=(0, 3, 4))
+        lam_r = torch.linalg.vecdot(per_slot(S[POP_LAM]).flatten(-2), per_slot(r).flatten(-2))
+        constraint = lam_r.sum(0) + 0.5 * rho * res_norm.square().sum(0)
         self.series["energy"][slots] = (loss + constraint / B).T
         self.series["loss"][slots] = loss.T
-        inv_sqrt_b = 1.0 / math.sqrt(B)
-        for key, t in zip(SERIES_LAYER, (r, values["err"], S[POP_LAM], values["credit"])):
-            # RMS over the batch of each sample's norm = ||t_l||_F / sqrt(B): one reduction
-            norm = torch.linalg.vector_norm(per_slot(t), dim=(-2, -1))           # [H, R, k]
-            self.series[key][slots] = norm.mul_(inv_sqrt_b).movedim(2, 0)
-        grads = _slot_weight_gradients(net, resid.a, y_hat, values["credit"], p.x, p.y, k)
+        grads = _slot_weight_gradients(net, a, y_hat, values["credit"], p.x, p.y, k)
         cos, rel = alignment(grads, self.bp.grads, self.bp_norm)                # [L, R, k]
         self.series["bp_cos"][slots] = cos.movedim(2, 0)
         self.series["bp_relerr"][slots] = rel.movedim(2, 0)
@@ -238,7 +254,6 @@ class Recorder:
             host |= {f"series_{v}": b[:k] for v, b in self.series.items()}
             self.stream.append({v: b.cpu().numpy() for v, b in host.items()})
         self._first += k
-        self._staged = 0
 
     def record(self, step: int, S: torch.Tensor, p: Params, resid=None) -> None:
         """Record the state at ``step`` (every replica) in the next free slot: staged now,
