@@ -22,7 +22,7 @@ record traces               ``3 × (T+1)·layers·samples·units·variables·s``
                             streams its records (``record.stream_mb``) holds one chunk of them
 record series               ``3 × (T+1)·(2 + 4H + 2L)·s``: energy and loss, the four per-layer
                             norms, BP cosine and relative error
-record chunk                ``min(8 MB, (T+1)·c)``, ``c = ((P+5)·H·B·N + 3·W + 2·B·O)·s``: the
+record chunk                ``min(16 MB, (T+1)·c)``, ``c = ((P+5)·H·B·N + 3·W + 2·B·O)·s``: the
                             staged states of the record slots summarised together, and their
                             summary's temporaries (:func:`record_slot_bytes`)
 divergence-check buffer     ``check_every·s``
@@ -49,10 +49,11 @@ from .schemes import SCHEMES
 GB = 2 ** 30
 MB = 2 ** 20
 # Memory one chunk of record slots may take (the staged states and the temporaries of their
-# batched summary, see ctpc.recording.Recorder). Measured (docs/benchmarks.md): a few MB keep
-# a chunk's temporaries in the CPU's caches; 64 MB chunks were slower than one slot per chunk
-# at (N, L) = (128, 32), because every flush then streams its temporaries through memory.
-RECORD_CHUNK_BYTES = 8 * MB
+# batched summary, see ctpc.recording.Recorder). Measured (docs/benchmarks.md) with the
+# summary's temporaries kept from chunk to chunk: 1 to 64 MB chunks are within the VM's noise
+# at (N, L) = (128, 32) and (32, 128), and 8 to 32 MB beat one slot per chunk by 1.2-1.6x at
+# the smaller cells; 16 MB stays a small fraction of any device's memory.
+RECORD_CHUNK_BYTES = 16 * MB
 FALLBACK_RAM_BYTES = 16 * GB     # when the OS does not say (the default limit is half of it)
 
 

@@ -210,7 +210,7 @@ class Network:
         if self.n_hidden > 1:
             a, nxt = torch.empty_like(h), torch.empty_like(h)
             for l in range(self.n_hidden - 1):
-                _phi_into(self.activation, h, a)
+                phi_into(self.activation, h, a)
                 torch.baddbmm(h, a, w.w_mid[l].transpose(1, 2), alpha=self.s_mid, out=nxt)
                 h, nxt = nxt, h
         return self.output(w, self.phi(h)[None])
@@ -285,7 +285,7 @@ class Network:
                        g_out)
 
 
-def _phi_into(activation: str, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def phi_into(activation: str, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """out = phi(h) in place."""
     if activation == "relu":
         return torch.clamp(h, min=0, out=out)

@@ -17,7 +17,7 @@ import torch
 from .config import Config
 from .dynamics import POP_H, POP_LAM, Dynamics, Params
 from .memory import RECORD_CHUNK_BYTES, check_trace_size, record_slot_bytes
-from .network import Network, Residuals, Weights
+from .network import Residuals, Weights, phi_into
 from .reference import BPReference
 from .results import SERIES_LAYER, SERIES_SCALAR, SERIES_WEIGHT, RunResult
 
@@ -74,7 +74,8 @@ def weight_norms(w: Weights) -> torch.Tensor:
     return torch.cat([torch.linalg.vector_norm(b, dim=-1) for b in _blocks(w)])
 
 
-def alignment(est: Weights, ref: Weights, ref_norm: torch.Tensor | None = None):
+def alignment(est: Weights, ref: Weights, ref_norm: torch.Tensor | None = None,
+              scratch: Weights | None = None):
     """(cosine [L, R], relative error [L, R]) of each weight matrix's estimate against BP.
     ``ref_norm``: :func:`weight_norms` of ``ref`` when known (it is constant over a run).
 
@@ -83,17 +84,18 @@ def alignment(est: Weights, ref: Weights, ref_norm: torch.Tensor | None = None):
     [L, R, K], each estimate against its replica's reference.
 
     An estimate that is exactly zero (e.g. every hidden layer at the feed-forward start, where
-    r = 0 and lambda = 0) has cosine 0: it carries no alignment."""
+    r = 0 and lambda = 0) has cosine 0: it carries no alignment. ``scratch``: buffers shaped
+    like ``est`` for the products and differences (else allocated)."""
     ref_norm = weight_norms(ref) if ref_norm is None else ref_norm
     slots = est.w_in.dim() > ref.w_in.dim()
     if slots:
         ref_norm = ref_norm.unsqueeze(-1)
     dots, norms, diff = [], [], []
-    for g, b in zip(_blocks(est), _blocks(ref)):
+    for g, b, tmp in zip(_blocks(est), _blocks(ref), _blocks(scratch or est.map(torch.empty_like))):
         b = b.unsqueeze(-2) if slots else b
-        dots.append(torch.linalg.vecdot(g, b))
+        dots.append(torch.mul(g, b, out=tmp).sum(-1))
         norms.append(torch.linalg.vector_norm(g, dim=-1))
-        diff.append(torch.linalg.vector_norm(g - b, dim=-1))
+        diff.append(torch.linalg.vector_norm(torch.sub(g, b, out=tmp), dim=-1))
     dots, norms, diff = torch.cat(dots), torch.cat(norms), torch.cat(diff)
     cos = torch.where(norms > 0, dots / (norms * ref_norm), torch.zeros_like(dots))
     return cos, diff / ref_norm
@@ -137,6 +139,7 @@ class Recorder:
         self._first = 0          # slot index of the chunk's first staged slot
         self._staged = 0         # slots staged in the current chunk
         self._p: Params | None = None
+        self._buffers: dict[str, torch.Tensor] = {}
 
     def _select(self, t: torch.Tensor) -> torch.Tensor:
         """[H, R, ..., B, N] -> [layers, R, ..., samples, units]."""
@@ -209,19 +212,35 @@ class Recorder:
             return
         rows = slice(0, k * self._stage_S.shape[3] // self._chunk)
         S = self._stage_S[:, :, :, rows]                        # [P, H, R, kB, N]
-        self._summarise(S, self._stage_r[:, :, rows], self._stage_yhat[:, rows],
-                        self.dyn.net.phi(S[POP_H]), k)
+        self._summarise(S, self._stage_r[:, :, rows], self._stage_yhat[:, rows], None, k)
         self._staged = 0
 
+    def _scratch(self, name: str, like: torch.Tensor, *shape: int) -> torch.Tensor:
+        """A temporary of the summary, kept from one chunk to the next: a run allocates each
+        once, not once per chunk (fresh allocations of MBs cost page faults every time)."""
+        buf = self._buffers.get(name)
+        if buf is None or tuple(buf.shape) != shape:
+            buf = self._buffers[name] = like.new_empty(shape)
+        return buf
+
     def _summarise(self, S: torch.Tensor, r: torch.Tensor, y_hat: torch.Tensor,
-                   a: torch.Tensor, k: int) -> None:
+                   a: torch.Tensor | None, k: int) -> None:
         """Summaries and traces of k slots into the next k time slots, in one batched pass.
-        S [P, H, R, kB, N], r and a = phi(h) [H, R, kB, N], y_hat [R, kB, O]: k groups of B
-        samples, slot-major."""
-        p, net = self._p, self.dyn.net
-        B = S.shape[3] // k
-        resid = Residuals(r, y_hat, a)
-        values = self._values(S, p, resid)                      # [H, R, kB, N] each
+        S [P, H, R, kB, N], r [H, R, kB, N], y_hat [R, kB, O]: k groups of B samples,
+        slot-major; a = phi(h) if known (else computed into a scratch buffer)."""
+        p, dyn, net = self._p, self.dyn, self.dyn.net
+        P, H, R, kB, N = S.shape
+        B = kB // k
+        if a is None:
+            a = phi_into(net.activation, S[POP_H], self._scratch("a", r, H, R, kB, N))
+        err = dyn.error(S, Residuals(r, y_hat, a))
+        rho = p.rates.rho
+        credit = self._scratch("credit", r, H, R, kB, N)
+        if isinstance(rho, torch.Tensor):
+            torch.addcmul(S[POP_LAM], err, rho, out=credit)       # g = lam + rho e
+        else:
+            torch.add(S[POP_LAM], err, alpha=rho, out=credit)
+        values = {"h": S[POP_H], "lam": S[POP_LAM], "err": err, "credit": credit}
         first = 0 if self.stream is not None else self._first
         slots = slice(first, first + k)
         per_slot = lambda t: t.unflatten(-2, (k, B))             # [..., R, k, B, N]
@@ -231,22 +250,23 @@ class Recorder:
         # (with instantaneous error neurons err is r: its norm is not taken twice)
         norm_of = lambda t: torch.linalg.vector_norm(per_slot(t), dim=(-2, -1))   # [H, R, k]
         res_norm = norm_of(r)
-        norms = (res_norm, res_norm if values["err"] is r else norm_of(values["err"]),
-                 norm_of(S[POP_LAM]), norm_of(values["credit"]))
+        norms = (res_norm, res_norm if err is r else norm_of(err), norm_of(S[POP_LAM]),
+                 norm_of(credit))
         for key, norm in zip(SERIES_LAYER, norms):
             self.series[key][slots] = (norm * (1.0 / math.sqrt(B))).movedim(2, 0)
         # energy and loss per slot (the formulas of Dynamics.energy, per group of B samples);
         # sum r^2 is the square of the residual norms just taken
-        y = p.y.unsqueeze(1)
-        loss = 0.5 * (per_slot(y_hat) - y).square().sum(dim=(-2, -1)) / B       # [R, k]
-        rho = p.rates.rho
-        rho = rho.view(-1, 1) if isinstance(rho, torch.Tensor) else rho
-        lam_r = torch.linalg.vecdot(per_slot(S[POP_LAM]).flatten(-2), per_slot(r).flatten(-2))
-        constraint = lam_r.sum(0) + 0.5 * rho * res_norm.square().sum(0)
+        out_err = torch.sub(per_slot(y_hat), p.y.unsqueeze(1))                   # [R, k, B, O]
+        loss = 0.5 * out_err.square().sum(dim=(-2, -1)) / B                     # [R, k]
+        rho_k = rho.view(-1, 1) if isinstance(rho, torch.Tensor) else rho
+        lam_r = torch.mul(S[POP_LAM], r, out=self._scratch("prod", r, H, R, kB, N))
+        constraint = per_slot(lam_r).sum(dim=(0, 3, 4)) + 0.5 * rho_k * res_norm.square().sum(0)
         self.series["energy"][slots] = (loss + constraint / B).T
         self.series["loss"][slots] = loss.T
-        grads = _slot_weight_gradients(net, a, y_hat, values["credit"], p.x, p.y, k)
-        cos, rel = alignment(grads, self.bp.grads, self.bp_norm)                # [L, R, k]
+        grads = self._slot_weight_gradients(a, credit, out_err, k)
+        scratch = Weights(*(self._scratch(f"tmp{i}", t, *t.shape)
+                            for i, t in enumerate(grads.tensors)))
+        cos, rel = alignment(grads, self.bp.grads, self.bp_norm, scratch)       # [L, R, k]
         self.series["bp_cos"][slots] = cos.movedim(2, 0)
         self.series["bp_relerr"][slots] = rel.movedim(2, 0)
         if self.stream is not None:
@@ -254,6 +274,30 @@ class Recorder:
             host |= {f"series_{v}": b[:k] for v, b in self.series.items()}
             self.stream.append({v: b.cpu().numpy() for v, b in host.items()})
         self._first += k
+
+    def _slot_weight_gradients(self, a: torch.Tensor, g: torch.Tensor, out_err: torch.Tensor,
+                               k: int) -> Weights:
+        """:meth:`Network.weight_gradients` of k slots at once, into scratch buffers: a, g
+        [H, R, k*B, N] hold k groups of B samples (slot-major), out_err = y_hat - y
+        [R, k, B, O]; the input x [R, B, D] is shared by every slot. Returns w_in
+        [R, k, N, D], w_mid [H-1, R, k, N, N], w_out [R, k, O, N]: each slot's batch-mean
+        read-out, as the per-slot call would give it."""
+        net, x = self.dyn.net, self._p.x
+        H, R, kB, N = g.shape
+        B, D, O = kB // k, x.shape[-1], out_err.shape[-1]
+        per_slot = lambda t: t.unflatten(-2, (k, B))
+        # W_1: the k slots' credit as one [k N, B] operand against the shared input: one product
+        g0 = self._scratch("g0", g, R, k * N, B)
+        g0.view(R, k, N, B).copy_(per_slot(g[0]).transpose(-1, -2))
+        g_in = torch.bmm(g0, x, out=self._scratch("g_in", g, R, k * N, D))
+        hi, lo = per_slot(g[1:]).flatten(0, 2), per_slot(a[:-1]).flatten(0, 2)
+        g_mid = torch.bmm(hi.transpose(1, 2), lo,
+                          out=self._scratch("g_mid", g, (H - 1) * R * k, N, N))
+        g_out = torch.bmm(out_err.flatten(0, 1).transpose(1, 2), per_slot(a[-1]).flatten(0, 1),
+                          out=self._scratch("g_out", g, R * k, O, N))
+        return Weights(g_in.mul_(-net.s_in / B).view(R, k, N, D),
+                       g_mid.mul_(-net.s_mid / B).view(H - 1, R, k, N, N),
+                       g_out.mul_(net.s_out / B).view(R, k, O, N))
 
     def record(self, step: int, S: torch.Tensor, p: Params, resid=None) -> None:
         """Record the state at ``step`` (every replica) in the next free slot: staged now,
@@ -321,21 +365,3 @@ class Recorder:
                 extra_attrs=extra_attrs, diverged_reason=(reasons or [None] * self.replicas)[r]))
         return out
 
-
-def _slot_weight_gradients(net: Network, a: torch.Tensor, y_hat: torch.Tensor, g: torch.Tensor,
-                           x: torch.Tensor, y: torch.Tensor, k: int) -> Weights:
-    """:meth:`Network.weight_gradients` of k slots at once: a, g [H, R, k*B, N] and y_hat
-    [R, k*B, O] hold k groups of B samples (slot-major), x [R, B, D] and y [R, B, O] the batch
-    every slot shares. Returns w_in [R, k, N, D], w_mid [H-1, R, k, N, N], w_out [R, k, O, N]:
-    each slot's batch-mean read-out, as the per-slot call would give it."""
-    H, R, kB, N = g.shape
-    B = kB // k
-    per_slot = lambda t: t.unflatten(-2, (k, B))
-    # W_1: the k slots' credit as one [k N, B] operand against the shared input: one product
-    g0 = per_slot(g[0]).transpose(-1, -2).reshape(R, k * N, B)
-    g_in = torch.bmm(g0, x).mul_(-net.s_in / B).view(R, k, N, x.shape[-1])
-    hi, lo = per_slot(g[1:]).flatten(0, 2), per_slot(a[:-1]).flatten(0, 2)
-    g_mid = torch.bmm(hi.transpose(1, 2), lo).mul_(-net.s_mid / B).view(H - 1, R, k, N, N)
-    out_err = (per_slot(y_hat) - y.unsqueeze(1)).flatten(0, 1)
-    g_out = torch.bmm(out_err.transpose(1, 2), per_slot(a[-1]).flatten(0, 1))
-    return Weights(g_in, g_mid, g_out.mul_(net.s_out / B).view(R, k, y.shape[-1], N))
