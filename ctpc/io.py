@@ -41,15 +41,22 @@ def _series_dims(name: str) -> tuple[str, ...]:
     return ("time",)
 
 
-def _trace(arr: np.ndarray, result: RunResult, coords: dict) -> xr.DataArray:
-    da = xr.DataArray(arr, dims=TRACE_DIMS,
+def _trace(name: str, arr: np.ndarray, result: RunResult, coords: dict):
+    """A trace as the dataset takes it: (dims, data, attrs) when every layer was recorded
+    (no DataArray built: the dataset is assembled in one pass), else a DataArray on the full
+    `layer` axis, NaN where a layer was not recorded."""
+    if result.all_layers:
+        return TRACE_DIMS, arr, _attrs(name)
+    da = xr.DataArray(arr, dims=TRACE_DIMS, attrs=_attrs(name),
                       coords={"layer": result.layers, "sample": coords["sample"],
                               "unit": coords["unit"]})
-    if not result.all_layers:
-        # Unrecorded layers are NaN on the full `layer` axis; chunk first so the fill stays
-        # lazy (dask) and never materialises a full-depth array in memory.
-        da = da.chunk({"layer": 1}).reindex(layer=coords["layer"])
-    return da
+    # chunk first so the fill stays lazy (dask) and never materialises a full-depth array
+    return da.chunk({"layer": 1}).reindex(layer=coords["layer"])
+
+
+def _attrs(name: str) -> dict:
+    long_name, units = VAR_ATTRS[name]
+    return {"long_name": long_name, "units": units}
 
 
 def build_dataset(cfg: Config, result: RunResult, command: str | None = None) -> xr.Dataset:
@@ -66,10 +73,11 @@ def build_dataset(cfg: Config, result: RunResult, command: str | None = None) ->
     data_vars = {}
     plain = {k: v[1] for k, v in coords.items()}
     for name, arr in result.traces.items():
-        data_vars[name] = _trace(arr, result, plain)
+        data_vars[name] = _trace(name, arr, result, plain)
     for name, arr in result.series.items():
-        data_vars[name] = (_series_dims(name), arr)
-    data_vars["bp_adjoint_norm"] = (("layer",), result.bp_adjoint_norm)
+        data_vars[name] = (_series_dims(name), arr, _attrs(name))
+    data_vars["bp_adjoint_norm"] = (("layer",), result.bp_adjoint_norm,
+                                    _attrs("bp_adjoint_norm"))
     for i, (g, b) in enumerate(zip(result.grads, result.bp_grads), start=1):
         dims = (("output" if i == n_w else "post_unit"), ("input" if i == 1 else "pre_unit"))
         data_vars[f"grad_w{i}"] = (dims, g, {
@@ -78,9 +86,6 @@ def build_dataset(cfg: Config, result: RunResult, command: str | None = None) ->
         data_vars[f"bp_grad_w{i}"] = (dims, b, {"long_name": f"BP gradient dl/dW_{i}",
                                                 "units": "1"})
     ds = xr.Dataset(data_vars, coords=coords)
-    for name, (long_name, units) in VAR_ATTRS.items():
-        if name in ds:
-            ds[name].attrs.update(long_name=long_name, units=units)
     tau_h, tau_l = cfg.rates()
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     command = command or "ctpc.simulate() (Python API)"
