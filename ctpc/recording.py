@@ -179,9 +179,10 @@ class Recorder:
         self.series = {k: S.new_empty(n_t, R) for k in SERIES_SCALAR}
         self.series |= {k: S.new_empty(n_t, H, R) for k in SERIES_LAYER}
         self.series |= {k: S.new_empty(n_t, H + 1, R) for k in SERIES_WEIGHT}
-        self._stage_S = S.new_empty(P, H, R, K * B, N)
-        self._stage_r = S.new_empty(H, R, K * B, N)
-        self._stage_yhat = S.new_empty(R, K * B, p.y.shape[-1])
+        if K > 1:    # one slot per chunk is summarised from the live tensors: no staging
+            self._stage_S = S.new_empty(P, H, R, K * B, N)
+            self._stage_r = S.new_empty(H, R, K * B, N)
+            self._stage_yhat = S.new_empty(R, K * B, p.y.shape[-1])
 
     def _stage(self, S: torch.Tensor, p: Params, resid) -> None:
         """Copy the state and its network pass into the next staged slot (flush when full).
@@ -189,7 +190,7 @@ class Recorder:
         summarised at once from the tensors given, without the staging copies."""
         if self._p is not None and p is not self._p:
             self._flush()                    # new parameters: summarise what was staged
-        if self._stage_S is None:
+        if self._chunk == 0:
             self._allocate(S, p)
         self._p = p
         resid = self.dyn.residuals(S, p) if resid is None else resid
