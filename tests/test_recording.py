@@ -219,3 +219,13 @@ def test_a_stream_that_cannot_fit_on_the_disk_is_refused_before_the_run(tmp_path
     with pytest.raises(ctpc.ConfigError, match="only 0.000954 MB are free"):
         ctpc.simulate(long_config(stream_mb=1e-3), out=tmp_path / "x.nc")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_streamed_runs_scratch_is_removed_by_the_next_run(tmp_path):
+    """A run killed midway leaves NAME.tmp-stream-PID (a directory of raw files); the next run
+    of the same output removes it once its writer is gone."""
+    dead = tmp_path / "x.nc.tmp-stream-4206649"           # above Linux's pid_max: never alive
+    dead.mkdir()
+    (dead / "trace_h.bin").write_bytes(b"\0" * 64)
+    ctpc.simulate(long_config(stream_mb=1e-3), out=tmp_path / "x.nc")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.nc"]
