@@ -4,11 +4,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import dask
 import netCDF4
+from dask.diagnostics import ProgressBar
 import numpy as np
 import xarray as xr
 
@@ -215,10 +217,11 @@ def _small_chunk_cache(size: int = 4 * 2 ** 20):
         netCDF4.set_chunk_cache(*previous)
 
 
-def write_netcdf(ds: xr.Dataset, path: str | Path) -> Path:
+def write_netcdf(ds: xr.Dataset, path: str | Path, progress: bool = False) -> Path:
     """Write compressed netCDF4 to ``path.tmp-PID`` and rename: an interrupted write never
     leaves a truncated file under the final name. A failed write (full disk, permissions) is an
-    :class:`OutputError` that says so plainly; the temporary is removed."""
+    :class:`OutputError` that says so plainly; the temporary is removed. ``progress``: a bar on
+    stderr while lazily loaded (dask) variables are written (a streamed run's records)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
@@ -231,7 +234,10 @@ def write_netcdf(ds: xr.Dataset, path: str | Path) -> Path:
         # a *distributed* lock per write, a scheduler round trip per file. A signal arriving
         # mid-write waits until the file is complete (signals.deferred): raised inside HDF5's
         # locked section it could leave the lock held and hang the next write (seen).
-        with signals.deferred(), dask.config.set(scheduler="synchronous"), _small_chunk_cache():
+        bar = (ProgressBar(minimum=1.0, out=sys.stderr) if progress
+               else contextlib.nullcontext())
+        with signals.deferred(), dask.config.set(scheduler="synchronous"), \
+                _small_chunk_cache(), bar:
             ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
             os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:

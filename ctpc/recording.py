@@ -140,6 +140,7 @@ class Recorder:
         self._staged = 0         # slots staged in the current chunk
         self._p: Params | None = None
         self._buffers: dict[str, torch.Tensor] = {}
+        self._last_grads: Weights | None = None    # read-out of the last slot summarised
 
     def _select(self, t: torch.Tensor) -> torch.Tensor:
         """[H, R, ..., B, N] -> [layers, R, ..., samples, units]."""
@@ -264,7 +265,7 @@ class Recorder:
         constraint = per_slot(lam_r).sum(dim=(0, 3, 4)) + 0.5 * rho_k * res_norm.square().sum(0)
         self.series["energy"][slots] = (loss + constraint / B).T
         self.series["loss"][slots] = loss.T
-        grads = self._slot_weight_gradients(a, credit, out_err, k)
+        grads = self._last_grads = self._slot_weight_gradients(a, credit, out_err, k)
         scratch = Weights(*(self._scratch(f"tmp{i}", t, *t.shape)
                             for i, t in enumerate(grads.tensors)))
         cos, rel = alignment(grads, self.bp.grads, self.bp_norm, scratch)       # [L, R, k]
@@ -326,10 +327,10 @@ class Recorder:
         if extra:
             self._stage(S, p, None)
         self._flush()
-        with torch.no_grad():
-            resid = self.dyn.residuals(S, p)
-            grads = self.dyn.net.weight_gradients(resid.a, resid.y_hat,
-                                                  self.dyn.credit(S, resid, p), p.x, p.y)
+        # the final read-out: the last slot summarised is every replica's final state
+        last = self._last_grads
+        grads = Weights(last.w_in[:, -1], last.w_mid[:, :, -1], last.w_out[:, -1]).map(
+            torch.clone)
         host = lambda t: t.detach().cpu().numpy()        # no copy on the CPU
         used = n + extra
         if self.stream is not None:      # lazily read back from the stream, chunk by chunk
@@ -340,7 +341,8 @@ class Recorder:
             traces = {k: host(v[:used]) for k, v in self.traces.items()}
             series = {k: host(v[:used]) for k, v in self.series.items()}
         if slot_traces:
-            values = self._values(S, p, resid)
+            with torch.no_grad():
+                values = self._values(S, p, self.dyn.residuals(S, p))
             for k, v in slot_traces.items():
                 traces[k] = np.concatenate([v[:n], host(self._select(values[k]))[None]])
         adjoint = host(self.bp.adjoint_norm)

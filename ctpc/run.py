@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,9 @@ def simulate(config, overrides=None, *, out: str | Path | None = None, progress:
         result = run_backend(cfg, progress, stream)
         ds = build_dataset(cfg, result, command)
         if target is not None:
-            write_netcdf(ds, target)
+            if stream is not None and progress:
+                print(f"ctpc: writing {target} from the streamed records", file=sys.stderr)
+            write_netcdf(ds, target, progress=progress and stream is not None)
     finally:
         if stream is not None:
             stream.remove()

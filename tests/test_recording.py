@@ -229,3 +229,10 @@ def test_a_killed_streamed_runs_scratch_is_removed_by_the_next_run(tmp_path):
     (dead / "trace_h.bin").write_bytes(b"\0" * 64)
     ctpc.simulate(long_config(stream_mb=1e-3), out=tmp_path / "x.nc")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.nc"]
+
+
+def test_a_streamed_run_says_when_it_writes_its_output(tmp_path, capsys):
+    """The run's bar ends before the output is written from the scratch: the writing is
+    announced (with a bar of its own when it lasts over a second)."""
+    ds = ctpc.simulate(long_config(stream_mb=1e-3), out=tmp_path / "x.nc", progress=True)
+    assert "writing" in capsys.readouterr().err and ds.sizes["time"] == 61
