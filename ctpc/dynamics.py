@@ -140,12 +140,14 @@ class Dynamics:
         """What the error neurons report: e (leaky) or r (instantaneous)."""
         return S[POP_ERR] if self.leaky else resid.r
 
-    def credit(self, S: torch.Tensor, resid: Residuals, p: Params) -> torch.Tensor:
-        """Composite credit g = rho*e + lam (what drives activity and weight updates)."""
+    def credit(self, S: torch.Tensor, resid: Residuals, p: Params,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        """Composite credit g = rho*e + lam (what drives activity and weight updates), into
+        ``out`` if given."""
         rho = p.rates.rho
         if isinstance(rho, torch.Tensor):
-            return torch.addcmul(S[POP_LAM], self.error(S, resid), rho)
-        return torch.add(S[POP_LAM], self.error(S, resid), alpha=rho)
+            return torch.addcmul(S[POP_LAM], self.error(S, resid), rho, out=out)
+        return torch.add(S[POP_LAM], self.error(S, resid), alpha=rho, out=out)
 
     def activity_gradient(self, S: torch.Tensor, resid: Residuals, p: Params) -> torch.Tensor:
         return self.net.activity_gradient(p.weights, S[POP_H], resid.a, resid.y_hat,

@@ -161,8 +161,9 @@ class Recorder:
         if self.due(step):
             self.record(step, S, p, residuals() if residuals is not None else None)
 
-    def _values(self, S: torch.Tensor, p: Params, resid):
-        err, credit = self.dyn.error(S, resid), self.dyn.credit(S, resid, p)
+    def _values(self, S: torch.Tensor, p: Params, resid, credit_out=None):
+        """The traced variables at S (the credit into ``credit_out`` if given)."""
+        err, credit = self.dyn.error(S, resid), self.dyn.credit(S, resid, p, out=credit_out)
         return {"h": S[POP_H], "lam": S[POP_LAM], "err": err, "credit": credit}
 
     # ------------------------------------------------------------------ staging
@@ -230,19 +231,14 @@ class Recorder:
         """Summaries and traces of k slots into the next k time slots, in one batched pass.
         S [P, H, R, kB, N], r [H, R, kB, N], y_hat [R, kB, O]: k groups of B samples,
         slot-major; a = phi(h) if known (else computed into a scratch buffer)."""
-        p, dyn, net = self._p, self.dyn, self.dyn.net
+        p, net = self._p, self.dyn.net
         P, H, R, kB, N = S.shape
         B = kB // k
         if a is None:
             a = phi_into(net.activation, S[POP_H], self._scratch("a", r, H, R, kB, N))
-        err = dyn.error(S, Residuals(r, y_hat, a))
-        rho = p.rates.rho
-        credit = self._scratch("credit", r, H, R, kB, N)
-        if isinstance(rho, torch.Tensor):
-            torch.addcmul(S[POP_LAM], err, rho, out=credit)       # g = lam + rho e
-        else:
-            torch.add(S[POP_LAM], err, alpha=rho, out=credit)
-        values = {"h": S[POP_H], "lam": S[POP_LAM], "err": err, "credit": credit}
+        values = self._values(S, p, Residuals(r, y_hat, a),
+                              credit_out=self._scratch("credit", r, H, R, kB, N))
+        err, credit, rho = values["err"], values["credit"], p.rates.rho
         first = 0 if self.stream is not None else self._first
         slots = slice(first, first + k)
         per_slot = lambda t: t.unflatten(-2, (k, B))             # [..., R, k, B, N]
