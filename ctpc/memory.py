@@ -107,6 +107,19 @@ def trace_bytes(cfg: Config) -> int:
     return t * l * s * u * len(cfg.record.variables) * _itemsize(cfg)
 
 
+def series_per_slot(cfg: Config) -> int:
+    """Values of the per-layer summaries at one record step: energy and loss, the four
+    per-layer norms, BP cosine and relative error of every weight matrix."""
+    return (len(SERIES_SCALAR) + len(SERIES_LAYER) * cfg.n_hidden
+            + len(SERIES_WEIGHT) * cfg.network.depth)
+
+
+def series_bytes(cfg: Config) -> float:
+    """Bytes of the per-layer summaries over time (what the file holds, as trace_bytes)."""
+    slots = _float(n_record_slots(cfg.integrator.n_steps, cfg.record.every))
+    return slots * series_per_slot(cfg) * _itemsize(cfg)
+
+
 def record_bytes(cfg: Config) -> float:
     """Bytes of everything recorded over time (traces and series) of one run."""
     return _float(trace_bytes(cfg)) + series_bytes(cfg)
@@ -116,14 +129,6 @@ def streams(cfg: Config) -> bool:
     """Whether a run streams its records to its output file (``record.stream_mb``): torch
     backend only (Brian2 records through its own monitors, in memory)."""
     return cfg.backend == "torch" and record_bytes(cfg) > cfg.record.stream_mb * MB
-
-
-def series_bytes(cfg: Config) -> float:
-    """Bytes of the per-layer summaries over time (energy, norms, BP alignment)."""
-    slots = _float(n_record_slots(cfg.integrator.n_steps, cfg.record.every) + 1)
-    H, L = cfg.n_hidden, cfg.network.depth
-    per_slot = len(SERIES_SCALAR) + len(SERIES_LAYER) * H + len(SERIES_WEIGHT) * L
-    return slots * per_slot * _itemsize(cfg)
 
 
 def check_trace_size(cfg: Config) -> None:
@@ -168,7 +173,7 @@ def estimate(cfg: Config) -> list[Term]:
     slots = _float(n_record_slots(cfg.integrator.n_steps, cfg.record.every) + 1)
     _, n_l, n_s, n_u = trace_shape(cfg)
     traces = slots * n_l * n_s * n_u * len(cfg.record.variables) * s
-    series = slots * (len(SERIES_SCALAR) + len(SERIES_LAYER) * H + len(SERIES_WEIGHT) * L) * s
+    series = slots * series_per_slot(cfg) * s
     if streams(cfg):   # one chunk in memory (device buffers and its host copy), the rest on disk
         traces, series = (min(t, RECORD_CHUNK_BYTES) for t in (traces, series))
     stages = SCHEMES[cfg.integrator.scheme].stages
