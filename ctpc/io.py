@@ -10,9 +10,9 @@ from pathlib import Path
 
 import dask
 import netCDF4
-from dask.diagnostics import ProgressBar
 import numpy as np
 import xarray as xr
+from dask.diagnostics import ProgressBar
 
 from . import signals
 from ._version import __version__

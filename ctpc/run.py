@@ -17,13 +17,15 @@ from .stream import RecordStream, scratch_path
 
 
 def run_backend(cfg: Config, progress: bool, stream: RecordStream | None = None):
+    """Run ``cfg`` on its backend; ``stream`` (torch only) receives its records as it goes."""
     if cfg.backend == "torch":
         from .backends.torch_backend import run
-        with matmul_precision(cfg):
-            return run(cfg, progress=progress, stream=stream)
-    from .backends.brian2_backend import run   # only when asked for: Brian2 is a heavy import
+        options = {"stream": stream}
+    else:   # imported only when asked for: Brian2 is a heavy import
+        from .backends.brian2_backend import run
+        options = {}
     with matmul_precision(cfg):
-        return run(cfg, progress=progress)
+        return run(cfg, progress=progress, **options)
 
 
 def simulate(config, overrides=None, *, out: str | Path | None = None, progress: bool = False,
