@@ -65,7 +65,7 @@ def plan_recording(cfg: Config) -> RecordPlan:
 
 def _blocks(w: Weights):
     """The three weight blocks, each matrix flattened: [1|H-1, R, (K,) n_elements] (an estimate
-    may carry a slot axis K after the replica axis; see :meth:`Recorder._flush`)."""
+    may carry a slot axis K after the replica axis; see :meth:`Recorder._summarise`)."""
     return (w.w_in.flatten(-2)[None], w.w_mid.flatten(-2), w.w_out.flatten(-2)[None])
 
 
@@ -118,9 +118,9 @@ class Recorder:
     the host and appended to it, and the device buffers hold one chunk, not the whole run."""
 
     def __init__(self, dyn: Dynamics, plan: RecordPlan, bp: BPReference, replicas: int,
-                 chunk_bytes: int | None = None, stream=None):
+                 stream=None):
         self.dyn, self.plan, self.bp, self.replicas = dyn, plan, bp, replicas
-        self.chunk_bytes = RECORD_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+        self.chunk_bytes = RECORD_CHUNK_BYTES       # read here: a test or benchmark may set it
         self.stream = stream
         net = dyn.net
         dev = net.device
