@@ -25,7 +25,7 @@ import numpy as np
 
 from .io import OutputError
 
-# Bytes of the largest array read back per block when the output is written: large enough
+# Bytes of an array read back per block when the output is written: large enough
 # that a long run's output is written in few compressed chunks, small enough that a reader of
 # one time step decompresses little.
 READ_BYTES = 16 * 2 ** 20
