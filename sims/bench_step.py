@@ -7,6 +7,10 @@ Variants (each checked to compute the same read-out before it is timed):
   loop          ctpc's solver loop: make_solver + integrate (no divergence check) + read-out
   loop+check    the same with the per-step divergence check (one host sync per 16 steps)
   compiled      the loop with torch.compile'd chunks of steps (integrator.compile: true)
+  rule          training's eager rule call: the loop plus the update's statistics (loss at the
+                start, energy, norms), no optimiser
+  fused         the same rule call as one compiled program (ctpc.fused: what training with
+                integrator.compile: true runs on the CPU); compile time reported separately
   simulate      ctpc.simulate with the default recording (per-layer summaries and the traces of
                 sample 0 at every step), end to end (build, BP reference, dataset)
   simulate-1slot the default recording summarised one slot at a time (RECORD_CHUNK_BYTES = 1:
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -86,6 +91,31 @@ def ctpc_loop(cfgs, check: bool):
     return run
 
 
+def ctpc_rule(cfg, fused: bool):
+    """One training update's rule call (inference + read-out + statistics, no optimiser): the
+    eager :class:`InferenceRule`, or with ``fused`` the whole presentation as one compiled
+    program (:mod:`ctpc.fused`, what training with integrator.compile: true runs)."""
+    import torch
+
+    import ctpc
+    from ctpc.integrators import make_solver
+    from ctpc.model import build_model
+    from ctpc.training.rules import FusedInferenceRule, InferenceRule
+
+    loaded = ctpc.load_config(cfg)
+    model = build_model([loaded])
+    it = loaded.integrator
+    solver = make_solver(model.dyn, it.scheme, model.dt)
+    args = (model.dyn, solver, it.n_steps, model.rates, "pcalm")
+    rule = (FusedInferenceRule(*args, batch_size=model.x.shape[1]) if fused
+            else InferenceRule(*args))
+
+    def run():
+        with torch.no_grad():
+            return rule(model.weights, model.x, model.y)[0]
+    return run
+
+
 def ctpc_simulate(cfg, chunk_bytes=None, out=None):
     """ctpc.simulate of ``cfg``; ``chunk_bytes``: the recorder's chunk size for this call."""
     import ctpc
@@ -121,18 +151,38 @@ def stream_costs(cell, repeats: int, sync) -> dict:
     return median_interleaved(fns, repeats, sync)
 
 
+# A variant shorter than this runs several times in a row per round, its first call untimed
+SLICE_S = 0.02
+
+
 def median_interleaved(fns: dict, repeats: int, sync) -> dict:
-    """Warm up each, then ``repeats`` rounds calling every variant once per round."""
-    for fn in fns.values():
+    """Warm up each, then ``repeats`` rounds calling every variant in turn.
+
+    Interleaving spreads slow drifts of the machine over every variant. But a call that
+    directly follows another variant also pays for that variant's idle threads (OpenMP's and
+    XLA's workers spin for a while after their work) and finds its own asleep: on 2 cores that
+    doubled the sub-millisecond calls of the tiny cell, for every variant alike. So a variant
+    faster than SLICE_S runs a slice of calls per round (enough for SLICE_S, at most 20), the
+    first of which settles the threads and is not timed, as in a training loop where updates
+    follow each other."""
+    warm = {}
+    for k, fn in fns.items():
         for _ in range(3):
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             sync()
-            times[k].append(time.perf_counter() - t0)
+        warm[k] = time.perf_counter() - t0
+    slices = {k: 1 if w >= SLICE_S else min(20, 1 + math.ceil(SLICE_S / max(w, 1e-6)))
+              for k, w in warm.items()}
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            for j in range(slices[k]):
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                if slices[k] == 1 or j > 0:
+                    times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
@@ -167,7 +217,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=31)
     p.add_argument("--cells", default="all", help="all, or comma-separated N,L,T,B;... keys")
-    p.add_argument("--variants", default="loop,loop+check,compiled,simulate,simulate-1slot,"
+    p.add_argument("--variants", default="loop,loop+check,compiled,rule,fused,simulate,simulate-1slot,"
                                          "simulate-none,simulate-full,replicas,jax,stream")
     p.add_argument("--replicas", type=int, default=8)
     p.add_argument("--out", help="write the results as JSON here")
@@ -200,6 +250,15 @@ def main():
             fns["compiled"] = ctpc_loop([config(n, l, t, b, compile_=True)], check=False)
             fns["compiled"]()
             results.setdefault("compile_s", {})[key] = time.perf_counter() - t0
+        if "rule" in variants:
+            fns["rule"] = ctpc_rule(config(n, l, t, b), fused=False)
+        if "fused" in variants:
+            t0 = time.perf_counter()
+            fns["fused"] = ctpc_rule(config(n, l, t, b), fused=True)
+            fns["fused"]()
+            results.setdefault("fused_compile_s", {})[key] = time.perf_counter() - t0
+            print(key, "fused: compiled in", round(results["fused_compile_s"][key], 1), "s",
+                  flush=True)
         if "simulate" in variants:
             fns["simulate"] = ctpc_simulate(config(n, l, t, b, record=None))
         if "simulate-1slot" in variants:
@@ -216,6 +275,8 @@ def main():
             fns["jax"] = jax_step(n, l, t, b)
         if "loop" in fns and "compiled" in fns:
             check_same(fns["loop"], fns["compiled"])
+        if "loop" in fns and "fused" in fns:
+            check_same(fns["loop"], fns["fused"])
         results["cells"][key] = median_interleaved(fns, a.repeats, sync)
         print(key, {k: round(v, 3) for k, v in results["cells"][key].items()}, flush=True)
     if "stream" in variants:

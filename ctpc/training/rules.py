@@ -15,6 +15,7 @@ import torch
 
 from ..dynamics import POP_LAM, Dynamics, Rates
 from ..engine import integrate
+from ..fused import compiled, is_small
 from ..network import Network, Weights, rms_norm
 from ..reference import forward_layers, mse_loss
 from .plasticity import final_weights
@@ -80,6 +81,42 @@ class InferenceRule:
         energy, _ = dyn.energy(S, resid, p)
         return grads, UpdateStats(loss0, energy, rms_norm(resid.r), rms_norm(S[POP_LAM]),
                                   rms_norm(credit))
+
+
+class FusedInferenceRule(InferenceRule):
+    """:class:`InferenceRule` with the whole presentation (start, steps, read-out, statistics)
+    as one compiled program (:mod:`ctpc.fused`), for batches of ``batch_size`` samples; other
+    batches (the alignment probe) run the eager rule, so they compile nothing. The same
+    numbers as the eager rule up to round-off (another summation order)."""
+
+    def __init__(self, dyn: Dynamics, solver, n_steps: int, rates: Rates, method: str,
+                 batch_size: int):
+        super().__init__(dyn, solver, n_steps, rates, method)
+        self.batch_size = batch_size
+        self._rates_key, self._rates_t = None, ()
+
+    def __call__(self, w: Weights, x: torch.Tensor, y: torch.Tensor):
+        if x.shape[1] != self.batch_size:
+            return super().__call__(w, x, y)
+        net, solver = self.dyn.net, self.solver
+        fn = compiled(x.device.type, is_small(net.width, y.shape[-1]))
+        g_in, g_mid, g_out, loss0, energy, res, lam, credit = fn(
+            w.w_in, w.w_mid, w.w_out, x, y, *self._rate_tensors(x),
+            s_in=net.s_in, s_mid=net.s_mid, s_out=net.s_out, activation=net.activation,
+            n_steps=self.n_steps, inner_steps=solver.inner_steps, final_dual=solver.final_dual)
+        return Weights(g_in, g_mid, g_out), UpdateStats(loss0, energy, res, lam, credit)
+
+    def _rate_tensors(self, x: torch.Tensor) -> tuple:
+        """(rho, dt k_h, dt k_lam) as tensors on x's device: 0-d when every replica shares the
+        value (read once per loop by the generated code), else [R, 1, 1]. Made once: the
+        rates and the solver are immutable."""
+        key = (x.device, x.dtype)
+        if self._rates_key != key:
+            k, dt = self.rates, self.solver.dt
+            as_t = lambda v: torch.as_tensor(v, device=x.device, dtype=x.dtype)
+            self._rates_t = (as_t(k.rho), as_t(dt * k.k_h), as_t(dt * k.k_lam))
+            self._rates_key = key
+        return self._rates_t
 
 
 class PlasticRule:

@@ -11,10 +11,10 @@ import torch
 
 from ..config import Config, ConfigError, TrainingConfig
 from ..data import DataSplit, load_split
-from ..integrators import make_solver
+from ..integrators import GaussSeidel, make_solver
 from ..model import Model, build_model
 from .plasticity import plastic_solver
-from .rules import BPRule, InferenceRule, PlasticRule
+from .rules import BPRule, FusedInferenceRule, InferenceRule, PlasticRule
 
 
 def training_config(cfg: Config) -> TrainingConfig:
@@ -32,7 +32,8 @@ def resolved_lr(cfg: Config) -> float:
 def training_key(cfg: Config) -> tuple:
     t, it, d = training_config(cfg), cfg.integrator, cfg.data
     rule = ("bp",) if cfg.dynamics.method == "bp" else (
-        it.scheme, it.n_steps, it.inner_steps, it.weight_credit_timing, t.plasticity, t.tau_w)
+        it.scheme, it.n_steps, it.inner_steps, it.weight_credit_timing, t.plasticity, t.tau_w,
+        it.compile)
     return (d.source, str(d.path), d.mean, d.std, d.drop_last, d.train_subset, d.test_subset,
             cfg.dynamics.method == "bp", rule, t.optimizer, resolved_lr(cfg), t.momentum,
             t.epochs, t.max_updates, t.eval_every, t.checkpoint_every, t.probe_size,
@@ -88,10 +89,22 @@ def make_rule(cfg: Config, model: Model):
     it, t = cfg.integrator, training_config(cfg)
     solver = make_solver(model.dyn, it.scheme, model.dt, inner_steps=it.inner_steps,
                          weight_credit_timing=it.weight_credit_timing)
+    if fusable(cfg, solver, model.x.device):
+        return FusedInferenceRule(model.dyn, solver, it.n_steps, model.rates,
+                                  cfg.dynamics.method, cfg.data.batch_size)
     rule = InferenceRule(model.dyn, solver, it.n_steps, model.rates, cfg.dynamics.method)
     if t.plasticity == "continuous":
         return PlasticRule(rule, plastic_solver(solver, t.tau_w))
     return rule
+
+
+def fusable(cfg: Config, solver, device: torch.device) -> bool:
+    """Whether a training update runs as one compiled presentation (:mod:`ctpc.fused`):
+    ``integrator.compile: true`` on the CPU, a Gauss-Seidel scheme, instantaneous error
+    neurons, no continuous plasticity. (Elsewhere compile is ignored by training.)"""
+    return (cfg.integrator.compile and isinstance(solver, GaussSeidel) and not solver.dyn.leaky
+            and training_config(cfg).plasticity != "continuous"
+            and device.type == "cpu")
 
 
 def build_training(cfgs: Config | list[Config]) -> TrainSetup:

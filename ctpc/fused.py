@@ -1,0 +1,162 @@
+"""One whole training presentation as one compiled program (training with
+``integrator.compile: true`` on the CPU).
+
+What an update of PC / PC-ALM computes before the optimiser: the feed-forward start, ``n_steps``
+Gauss-Seidel steps (spec sections 3-4, instantaneous error neurons) and the local read-out of
+every weight gradient with the update's statistics. Eagerly that is ~15 torch operators per step
+on tensors of a few thousand numbers: a small network is bound by dispatching them, not by
+arithmetic. Here the whole presentation is one pure tensor function that ``torch.compile``
+turns into a few C++ loops around the two input-sized products.
+
+Two choices make the generated code fast (docs/benchmarks.md, "The tiny cell"):
+
+* **lanes layout**: inside the program activities are [H, R, N, B], the batch on the vector
+  lanes (64 samples fill four AVX-512 registers); a product with an N x N weight matrix is then
+  a scalar-times-vector accumulation, never a horizontal reduction;
+* **unrolled contractions** for a contracted dimension of at most :data:`UNROLL_MAX`: the sum
+  over k is written out as k multiply-adds, which inductor fuses with the surrounding
+  element-wise work into one loop nest per step; wider contractions are batched products.
+
+The arithmetic is that of :meth:`ctpc.integrators.GaussSeidel.step` and
+:meth:`ctpc.network.Network.weight_gradients`, in another summation order: the two agree to
+round-off (tests/test_fused.py, float64). Not covered (the caller falls back to the eager loop):
+leaky error neurons, explicit RK schemes, continuous plasticity.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+# contractions over at most this many terms are unrolled (above: batched products)
+UNROLL_MAX = 16
+# dynamo keeps at most this many compiled variants per function; a grid sweep compiles one per
+# shape (width x depth x activation ...) in the same worker process
+RECOMPILE_LIMIT = 64
+
+
+def _contract(w: torch.Tensor, v: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """out[..., j, b] = sum_k M[..., j, k] v[..., k, b] with M = w, or w^T if ``transpose``.
+    w [..., J, K] (or [..., K, J]), v [..., K, B]."""
+    k_dim = v.shape[-2]
+    if k_dim > UNROLL_MAX:
+        return torch.matmul(w.transpose(-1, -2) if transpose else w, v)
+    out = None
+    for k in range(k_dim):
+        col = w[..., k, :] if transpose else w[..., :, k]
+        term = col[..., :, None] * v[..., k:k + 1, :]
+        out = term if out is None else out + term
+    return out
+
+
+def _outer_mean(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """sum_b u[..., j, b] v[..., k, b] -> [..., J, K] (the read-out's products over the batch)."""
+    if u.shape[-2] > UNROLL_MAX or v.shape[-2] > UNROLL_MAX:
+        return torch.matmul(u, v.transpose(-1, -2))
+    return (u[..., :, None, :] * v[..., None, :, :]).sum(-1)
+
+
+def _phi(activation: str, h: torch.Tensor) -> torch.Tensor:
+    if activation == "relu":
+        return torch.relu(h)
+    if activation == "tanh":
+        return torch.tanh(h)
+    return h
+
+
+def _slope(activation: str, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:
+    """phi'(h) (None for linear: phi' = 1)."""
+    if activation == "relu":
+        return (h > 0).to(h.dtype)
+    if activation == "tanh":
+        return 1.0 - a * a
+    return None
+
+
+def presentation(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float, s_mid: float,
+                 s_out: float, activation: str, n_steps: int, inner_steps: int,
+                 final_dual: bool):
+    """One presentation of R replicas, pure (nothing is modified).
+
+    w_in [R, N, D], w_mid [H-1, R, N, N], w_out [R, O, N]; x [R, B, D], y [R, B, O];
+    rho, c_h = dt k_h, c_lam = dt k_lam: 0-d tensors, or [R, 1, 1] when replicas differ
+    (tensors, so that new values never cause a recompilation).
+    ``inner_steps`` primal steps per dual step; ``final_dual``: whether the last step also
+    updates lam (weight_credit_timing post_dual).
+
+    Returns (g_in [R, N, D], g_mid [H-1, R, N, N], g_out [R, O, N]): dL_rho/dW, batch means, by
+    the local read-out at the final state; loss0 [R]: 1/2 |y_hat - y|^2 at the feed-forward
+    start; energy [R]: L_rho at the end; res_norm, lam_norm, credit_norm [H, R]: RMS over the
+    batch of each sample's norm at the end (what :class:`ctpc.training.rules.UpdateStats`
+    holds)."""
+    n_hid = w_mid.shape[0] + 1
+    b = x.shape[1]
+    y_t = y.transpose(1, 2)                                   # [R, O, B]
+    drive = s_in * torch.matmul(w_in, x.transpose(1, 2))      # [R, N, B]
+    layers = [drive]
+    for l in range(n_hid - 1):                                # the feed-forward start (r = 0)
+        layers.append(layers[-1] + s_mid * _contract(w_mid[l], _phi(activation, layers[-1]),
+                                                     False))
+    h = torch.stack(layers)                                   # [H, R, N, B]
+    a = _phi(activation, h)
+    out_err = s_out * _contract(w_out, a[-1], False) - y_t    # y_hat - y, [R, O, B]
+    loss0 = 0.5 * out_err.square().sum(1).mean(-1)
+    r = torch.zeros_like(h)
+    lam = torch.zeros_like(h)
+    for step in range(n_steps):
+        for _ in range(inner_steps):
+            # primal: h -= c_h dL/dh from the carried network pass (GaussSeidel._primal)
+            g = lam + rho * r
+            slope = _slope(activation, h, a)
+            fb = _contract(w_out, out_err, True)              # (y_hat - y) W_L
+            if slope is not None:
+                fb = fb * slope[-1]
+            h = h - c_h * g
+            top = h[-1] - (c_h * s_out) * fb
+            if n_hid > 1:
+                back = _contract(w_mid, g[1:], True)          # g_{l+1} W_{l+1}
+                if slope is not None:
+                    back = back * slope[:-1]
+                low = h[:-1] + c_h * g[1:] + (c_h * s_mid) * back
+                h = torch.cat([low, top[None]])
+            else:
+                h = top[None]
+            # the network pass at the new activities (GaussSeidel._network_pass)
+            a = _phi(activation, h)
+            r_first = (h[0] - drive)[None]
+            if n_hid > 1:
+                pred = h[:-1] + s_mid * _contract(w_mid, a[:-1], False)
+                r = torch.cat([r_first, h[1:] - pred])
+            else:
+                r = r_first
+            out_err = s_out * _contract(w_out, a[-1], False) - y_t
+        if final_dual or step + 1 < n_steps:
+            lam = lam + c_lam * r
+    g = lam + rho * r
+    g_in = torch.matmul(g[0], x) * (-s_in / b)
+    g_mid = _outer_mean(g[1:], a[:-1]) * (-s_mid / b)
+    g_out = _outer_mean(out_err, a[-1]) * (s_out / b)
+    loss = 0.5 * out_err.square().sum(1).mean(-1)
+    rho_r = rho.reshape(-1) if rho.dim() else rho
+    energy = loss + ((lam * r).sum((0, 2, 3)) + 0.5 * rho_r * r.square().sum((0, 2, 3))) / b
+    rms = lambda t: t.square().sum(-2).mean(-1).sqrt()
+    return g_in, g_mid, g_out, loss0, energy, rms(r), rms(lam), rms(g)
+
+
+@functools.cache
+def compiled(device_type: str, small: bool):
+    """The compiled :func:`presentation` for a device type. On the CPU, for small widths
+    (``small``: every contraction unrolled), the generated code runs on one thread with a C++
+    wrapper: its loops are a few microseconds each, less than waking a second thread, and the
+    wrapper saves the Python call of every kernel. (One compiled variant per shape, made on
+    first call; the graph cache makes later processes' compiles faster.)"""
+    import torch._dynamo.config as dynamo_config
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    options = {"cpp_wrapper": True, "cpp.threads": 1} if device_type == "cpu" and small else {}
+    return torch.compile(presentation, dynamic=False, fullgraph=True, options=options)
+
+
+def is_small(width: int, output_dim: int) -> bool:
+    """Whether every contraction of a step is unrolled (width and output at most
+    :data:`UNROLL_MAX`)."""
+    return width <= UNROLL_MAX and output_dim <= UNROLL_MAX
