@@ -1,5 +1,5 @@
-"""One whole training presentation as one compiled program (training with
-``integrator.compile: true`` on the CPU).
+"""Compiled Gauss-Seidel steps (``integrator.compile: true``): the whole training presentation
+as one program, and chunks of a simulation's steps.
 
 What an update of PC / PC-ALM computes before the optimiser: the feed-forward start, ``n_steps``
 Gauss-Seidel steps (spec sections 3-4, instantaneous error neurons) and the local read-out of
@@ -17,9 +17,12 @@ Two choices make the generated code fast (docs/benchmarks.md, "The tiny cell"):
   over k is written out as k multiply-adds, which inductor fuses with the surrounding
   element-wise work into one loop nest per step; wider contractions are batched products.
 
-The arithmetic is that of :meth:`ctpc.integrators.GaussSeidel.step` and
-:meth:`ctpc.network.Network.weight_gradients`, in another summation order: the two agree to
-round-off (tests/test_fused.py, float64). Not covered (the caller falls back to the eager loop):
+:func:`steps` is the one pure-tensor form of the step that both compiled paths run: training's
+:func:`presentation` (start, steps, read-out, statistics) and a simulation's chunks of steps
+(:func:`steps_batch_layout`, called by :class:`ctpc.integrators.GaussSeidel`). Its arithmetic
+is that of :meth:`ctpc.integrators.GaussSeidel.step` and :meth:`ctpc.network.Network.
+weight_gradients` in another summation order: they agree to round-off (tests/test_fused.py,
+float64). Not covered (the caller falls back to the eager loop):
 leaky error neurons, explicit RK schemes, continuous plasticity.
 """
 from __future__ import annotations
@@ -73,16 +76,70 @@ def _slope(activation: str, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor | 
     return None
 
 
+def steps(h, lam, r, a, out_err, drive, y_t, w_mid, w_out, rho, c_h, c_lam, *, s_mid: float,
+          s_out: float, activation: str, n_steps: int, inner_steps: int,
+          dual_after_last: bool):
+    """``n_steps`` Gauss-Seidel steps (the arithmetic of :meth:`ctpc.integrators.GaussSeidel.
+    step` for instantaneous error neurons), pure, in the lanes layout.
+
+    h, lam, r, a = phi(h) [H, R, N, B]; out_err = y_hat - y [R, O, B]; drive = s_in W_1 x
+    [R, N, B]; y_t [R, O, B]; w_mid [H-1, R, N, N], w_out [R, O, N]; rho, c_h = dt k_h,
+    c_lam = dt k_lam: 0-d tensors, or [R, 1, 1] when replicas differ (tensors, so that new
+    values never cause a recompilation). ``inner_steps`` primal steps per dual step;
+    ``dual_after_last``: whether the last step also updates lam. Returns the new
+    (h, lam, r, a, out_err)."""
+    n_hid = h.shape[0]
+    for step in range(n_steps):
+        for _ in range(inner_steps):
+            # primal: h -= c_h dL/dh from the carried network pass
+            g = lam + rho * r
+            slope = _slope(activation, h, a)
+            fb = _contract(w_out, out_err, True)              # (y_hat - y) W_L
+            if slope is not None:
+                fb = fb * slope[-1]
+            h = h - c_h * g
+            top = h[-1] - (c_h * s_out) * fb
+            if n_hid > 1:
+                back = _contract(w_mid, g[1:], True)          # g_{l+1} W_{l+1}
+                if slope is not None:
+                    back = back * slope[:-1]
+                low = h[:-1] + c_h * g[1:] + (c_h * s_mid) * back
+                h = torch.cat([low, top[None]])
+            else:
+                h = top[None]
+            # the network pass at the new activities
+            a = _phi(activation, h)
+            r_first = (h[0] - drive)[None]
+            if n_hid > 1:
+                pred = h[:-1] + s_mid * _contract(w_mid, a[:-1], False)
+                r = torch.cat([r_first, h[1:] - pred])
+            else:
+                r = r_first
+            out_err = s_out * _contract(w_out, a[-1], False) - y_t
+        if dual_after_last or step + 1 < n_steps:
+            lam = lam + c_lam * r
+    return h, lam, r, a, out_err
+
+
+def steps_batch_layout(h, lam, r, a, out_err, drive, y, w_mid, w_out, rho, c_h, c_lam,
+                       **static):
+    """:func:`steps` on tensors in the simulator's layout (h, lam, r, a [H, R, B, N], out_err
+    and y [R, B, O], drive [R, B, N]): transposed in and out inside the program."""
+    tr = lambda t: t.transpose(-1, -2)
+    out = steps(tr(h), tr(lam), tr(r), tr(a), tr(out_err), tr(drive), tr(y), w_mid, w_out,
+                rho, c_h, c_lam, **static)
+    return tuple(tr(t) for t in out)
+
+
 def presentation(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float, s_mid: float,
                  s_out: float, activation: str, n_steps: int, inner_steps: int,
                  final_dual: bool):
-    """One presentation of R replicas, pure (nothing is modified).
+    """One presentation of R replicas, pure (nothing is modified): the feed-forward start
+    (lam = 0), :func:`steps`, the read-out.
 
-    w_in [R, N, D], w_mid [H-1, R, N, N], w_out [R, O, N]; x [R, B, D], y [R, B, O];
-    rho, c_h = dt k_h, c_lam = dt k_lam: 0-d tensors, or [R, 1, 1] when replicas differ
-    (tensors, so that new values never cause a recompilation).
-    ``inner_steps`` primal steps per dual step; ``final_dual``: whether the last step also
-    updates lam (weight_credit_timing post_dual).
+    w_in [R, N, D], w_mid [H-1, R, N, N], w_out [R, O, N]; x [R, B, D], y [R, B, O]; rates as
+    in :func:`steps`; ``final_dual``: whether the last step also updates lam (weight_credit_
+    timing post_dual).
 
     Returns (g_in [R, N, D], g_mid [H-1, R, N, N], g_out [R, O, N]): dL_rho/dW, batch means, by
     the local read-out at the final state; loss0 [R]: 1/2 |y_hat - y|^2 at the feed-forward
@@ -101,37 +158,10 @@ def presentation(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float, s_mi
     a = _phi(activation, h)
     out_err = s_out * _contract(w_out, a[-1], False) - y_t    # y_hat - y, [R, O, B]
     loss0 = 0.5 * out_err.square().sum(1).mean(-1)
-    r = torch.zeros_like(h)
-    lam = torch.zeros_like(h)
-    for step in range(n_steps):
-        for _ in range(inner_steps):
-            # primal: h -= c_h dL/dh from the carried network pass (GaussSeidel._primal)
-            g = lam + rho * r
-            slope = _slope(activation, h, a)
-            fb = _contract(w_out, out_err, True)              # (y_hat - y) W_L
-            if slope is not None:
-                fb = fb * slope[-1]
-            h = h - c_h * g
-            top = h[-1] - (c_h * s_out) * fb
-            if n_hid > 1:
-                back = _contract(w_mid, g[1:], True)          # g_{l+1} W_{l+1}
-                if slope is not None:
-                    back = back * slope[:-1]
-                low = h[:-1] + c_h * g[1:] + (c_h * s_mid) * back
-                h = torch.cat([low, top[None]])
-            else:
-                h = top[None]
-            # the network pass at the new activities (GaussSeidel._network_pass)
-            a = _phi(activation, h)
-            r_first = (h[0] - drive)[None]
-            if n_hid > 1:
-                pred = h[:-1] + s_mid * _contract(w_mid, a[:-1], False)
-                r = torch.cat([r_first, h[1:] - pred])
-            else:
-                r = r_first
-            out_err = s_out * _contract(w_out, a[-1], False) - y_t
-        if final_dual or step + 1 < n_steps:
-            lam = lam + c_lam * r
+    h, lam, r, a, out_err = steps(
+        h, torch.zeros_like(h), torch.zeros_like(h), a, out_err, drive, y_t, w_mid, w_out, rho,
+        c_h, c_lam, s_mid=s_mid, s_out=s_out, activation=activation, n_steps=n_steps,
+        inner_steps=inner_steps, dual_after_last=final_dual)
     g = lam + rho * r
     g_in = torch.matmul(g[0], x) * (-s_in / b)
     g_mid = _outer_mean(g[1:], a[:-1]) * (-s_mid / b)
@@ -144,16 +174,18 @@ def presentation(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float, s_mi
 
 
 @functools.cache
-def compiled(device_type: str, small: bool):
-    """The compiled :func:`presentation` for a device type. On the CPU, for small widths
-    (``small``: every contraction unrolled), the generated code runs on one thread with a C++
-    wrapper: its loops are a few microseconds each, less than waking a second thread, and the
-    wrapper saves the Python call of every kernel. (One compiled variant per shape, made on
-    first call; the graph cache makes later processes' compiles faster.)"""
+def compiled(fn_name: str, device_type: str, small: bool):
+    """The compiled ``fn_name`` (:func:`presentation` or :func:`steps_batch_layout`) for a
+    device type. On the CPU, for small widths (``small``: every contraction unrolled), the
+    generated code runs on one thread with a C++ wrapper: its loops take a few microseconds
+    each, less than waking a second thread, and the wrapper saves the Python call of every
+    kernel. (One compiled variant per shape and static argument, made on first call; the
+    inductor cache makes later processes' compiles faster.)"""
     import torch._dynamo.config as dynamo_config
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
     options = {"cpp_wrapper": True, "cpp.threads": 1} if device_type == "cpu" and small else {}
-    return torch.compile(presentation, dynamic=False, fullgraph=True, options=options)
+    fn = {"presentation": presentation, "steps_batch_layout": steps_batch_layout}[fn_name]
+    return torch.compile(fn, dynamic=False, fullgraph=True, options=options)
 
 
 def is_small(width: int, output_dim: int) -> bool:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .dynamics import POP_ERR, POP_H, POP_LAM, Dynamics, Params, Scalar
+from .fused import compiled, is_small
 from .network import Residuals
 from .schemes import SchemeInfo, scheme as scheme_info
 
@@ -259,74 +260,19 @@ class GaussSeidel:
         torch.baddbmm(p.y, c.a_top, p.w_out_t, beta=-1, alpha=net.s_out, out=c.out_err)
 
 
-def _gs_chunk(h, lam, r, a, out_err, drive, y, w_mid_f, w_mid_f_t, w_out, w_out_t, rho, c_h,
-              c_lam, *, s_mid: float, s_out: float, activation: str, n: int, inner: int,
-              dual_after_last: bool):
-    """n Gauss-Seidel steps as pure tensor code (what torch.compile fuses): the same arithmetic
-    as :meth:`GaussSeidel.step` for instantaneous error neurons; rho, c_h, c_lam are tensors
-    ([R, 1, 1] or 0-d) so that new values never cause a recompilation."""
-    H = h.shape[0]
-    for i in range(n):
-        for _ in range(inner):
-            g = lam + rho * r
-            if activation == "relu":
-                slope = (h > 0).to(h.dtype)
-            elif activation == "tanh":
-                slope = 1.0 - a * a
-            else:
-                slope = None
-            fb = torch.bmm(out_err, w_out)
-            if slope is not None:
-                fb = fb * slope[-1]
-            h = h - c_h * g
-            top = h[-1] - (c_h * s_out) * fb
-            if H > 1:
-                back = torch.bmm(g[1:].flatten(0, 1), w_mid_f).view_as(g[1:])
-                if slope is not None:
-                    back = back * slope[:-1]
-                lo = h[:-1] + c_h * g[1:] + (c_h * s_mid) * back
-                h = torch.cat([lo, top[None]])
-            else:
-                h = top[None]
-            if activation == "relu":
-                a = torch.relu(h)
-            elif activation == "tanh":
-                a = torch.tanh(h)
-            else:
-                a = h
-            r0 = h[0] - drive
-            if H > 1:
-                pred = torch.baddbmm(h[:-1].flatten(0, 1), a[:-1].flatten(0, 1), w_mid_f_t,
-                                     alpha=s_mid).view_as(h[1:])
-                r = torch.cat([r0[None], h[1:] - pred])
-            else:
-                r = r0[None]
-            out_err = torch.baddbmm(y, a[-1], w_out_t, beta=-1, alpha=s_out)
-        if i + 1 < n or dual_after_last:
-            lam = lam + c_lam * r
-    return h, lam, r, a, out_err
-
-
-_COMPILED = {}
-
-
 def _compiled_advance(solver: "GaussSeidel", c: GSCarry, p: Params, n: int,
                       last: bool) -> GSCarry:
+    """n steps by the compiled pure form of the step (:func:`ctpc.fused.steps`), written back
+    into the carry's buffers."""
     net = solver.dyn.net
-    fn = _COMPILED.get("gs")
-    if fn is None:
-        fn = _COMPILED["gs"] = torch.compile(_gs_chunk, dynamic=False)
-    as_t = lambda v: v if isinstance(v, torch.Tensor) else torch.tensor(
-        v, device=c.h.device, dtype=c.h.dtype)
+    fn = compiled("steps_batch_layout", c.h.device.type, is_small(net.width, c.out_err.shape[-1]))
+    as_t = lambda v: torch.as_tensor(v, device=c.h.device, dtype=c.h.dtype)
     k = p.rates
-    dual_after_last = not last or solver.final_dual
-    c_lam = solver.dt * k.k_lam
-    h, lam, r, a, out_err = fn(
-        c.h, c.lam, c.r, c.a, c.out_err, p.drive, p.y, p.w_mid_f, p.w_mid_f_t, p.weights.w_out,
-        p.w_out_t, as_t(k.rho), as_t(solver.dt * k.k_h), as_t(c_lam), s_mid=net.s_mid,
-        s_out=net.s_out, activation=net.activation, n=n, inner=solver.inner_steps,
-        dual_after_last=dual_after_last)
-    for buf, new in ((c.h, h), (c.lam, lam), (c.r, r), (c.a, a), (c.out_err, out_err)):
+    out = fn(c.h, c.lam, c.r, c.a, c.out_err, p.drive, p.y, p.weights.w_mid, p.weights.w_out,
+             as_t(k.rho), as_t(solver.dt * k.k_h), as_t(solver.dt * k.k_lam), s_mid=net.s_mid,
+             s_out=net.s_out, activation=net.activation, n_steps=n,
+             inner_steps=solver.inner_steps, dual_after_last=not last or solver.final_dual)
+    for buf, new in zip((c.h, c.lam, c.r, c.a, c.out_err), out):
         buf.copy_(new)
     return c
 

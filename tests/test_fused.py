@@ -1,5 +1,5 @@
 """integrator.compile: true. Training runs the whole presentation as one compiled program
-(ctpc.fused) and a simulation runs chunks of steps compiled (ctpc.integrators._gs_chunk); both
+(ctpc.fused.presentation) and a simulation runs chunks of steps compiled (ctpc.fused.steps); both
 must give the eager numbers up to round-off.
 
 Tolerance (float64): the compiled programs do the same arithmetic in another summation order

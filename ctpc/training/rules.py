@@ -99,7 +99,7 @@ class FusedInferenceRule(InferenceRule):
         if x.shape[1] != self.batch_size:
             return super().__call__(w, x, y)
         net, solver = self.dyn.net, self.solver
-        fn = compiled(x.device.type, is_small(net.width, y.shape[-1]))
+        fn = compiled("presentation", x.device.type, is_small(net.width, y.shape[-1]))
         g_in, g_mid, g_out, loss0, energy, res, lam, credit = fn(
             w.w_in, w.w_mid, w.w_out, x, y, *self._rate_tensors(x),
             s_in=net.s_in, s_mid=net.s_mid, s_out=net.s_out, activation=net.activation,
