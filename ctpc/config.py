@@ -142,9 +142,9 @@ class IntegratorConfig(_Strict):
     inner_steps: int = Field(1, ge=1, description="discrete only: primal steps per dual step")
     weight_credit_timing: Literal["pre_dual", "post_dual"] = "pre_dual"
     check_every: int = Field(64, ge=1, description="steps between divergence checks (syncs)")
-    compile: bool = Field(False, description="torch.compile: training on the CPU runs each "
-                          "presentation as one compiled program, simulate compiles chunks of "
-                          "steps (a one-off compile cost; see docs/benchmarks.md)")
+    compile: bool = Field(False, description="training on the CPU runs each presentation as "
+                          "one torch.compile'd program (a one-off compile cost; see "
+                          "docs/benchmarks.md); simulate runs eagerly")
     divergence_bound: float = Field(1e6, gt=0, description="|state| above this = diverged")
     growth_bound: float = Field(
         1e3, gt=1, allow_inf_nan=True,

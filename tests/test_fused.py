@@ -1,6 +1,6 @@
 """integrator.compile: true. Training runs the whole presentation as one compiled program
-(ctpc.fused.presentation) and a simulation runs chunks of steps compiled (ctpc.fused.steps); both
-must give the eager numbers up to round-off.
+(ctpc.fused.presentation), and a solver made with compile runs unobserved chunks of steps
+compiled (ctpc.fused.steps); both must give the eager numbers up to round-off.
 
 Tolerance (float64): the compiled programs do the same arithmetic in another summation order
 (unrolled sums over k, sums over the batch on the vector lanes), ~1e-16 relative per operation,
@@ -121,17 +121,40 @@ def test_which_rule_runs():
     assert isinstance(build_training(ctpc.load_config(c)).rule, PlasticRule)
 
 
-def test_compiled_simulation_chunks_equal_eager():
-    """simulate with integrator.compile: true (chunks of steps compiled when nothing is
-    recorded between them) against the eager run: the same final state."""
-    base = config(integrator__budget=8)
-    base["data"] = {"source": "synthetic", "batch_size": 4}
-    base["record"] = {"every": 8, "variables": ["h", "lam"], "samples": "all"}
-    del base["training"]
-    runs = {}
+def test_compiled_chunks_of_steps_equal_eager():
+    """make_solver(compile=True): chunks of steps with nothing observed between them (what
+    ctpc.engine.integrate runs without an observer) run ctpc.fused.steps compiled; the final
+    state and network pass equal the eager steps'. Checked every 4 of 8 steps, so the second
+    chunk ends the run (no dual update on the last step: pre_dual)."""
+    from ctpc.engine import integrate
+    from ctpc.fused import compiled
+    from ctpc.integrators import make_solver
+    from ctpc.model import build_model
+
+    c = config(integrator__budget=8)
+    c["data"] = {"source": "synthetic", "batch_size": 4}
+    del c["training"]
+    model = build_model([ctpc.load_config(c)])
+    p = model.params()
+    out = {}
+    calls = compiled.cache_info()
     for compile_ in (True, False):
-        base["integrator"]["compile"] = compile_
-        runs[compile_] = ctpc.simulate(ctpc.load_config(base))
-    for v in ("h", "lam"):
-        a, b = runs[True][v].values, runs[False][v].values
-        np.testing.assert_allclose(a, b, rtol=TOL, atol=1e-15 * np.abs(b).max(), err_msg=v)
+        solver = make_solver(model.dyn, "discrete", model.dt, compile=compile_)
+        with torch.no_grad():
+            res = integrate(solver, solver.start(p), p, 8, check_every=4)
+        out[compile_] = (res.final_state(), res.solver.residuals(res.carry, p))
+    assert compiled.cache_info().hits + compiled.cache_info().misses > calls.hits + calls.misses
+    (S_c, r_c), (S_e, r_e) = out[True], out[False]
+    assert rel(S_c, S_e) < TOL
+    for a, b in ((r_c.r, r_e.r), (r_c.y_hat, r_e.y_hat), (r_c.a, r_e.a)):
+        assert rel(a, b) < TOL
+
+
+def test_simulate_says_it_does_not_compile():
+    """simulate observes the steps it records, so it runs them eagerly; a config that asks for
+    compile is told so rather than silently ignored."""
+    c = config(integrator__budget=2)
+    c["data"] = {"source": "synthetic", "batch_size": 2}
+    del c["training"]
+    with pytest.warns(UserWarning, match="integrator.compile"):
+        ctpc.simulate(ctpc.load_config(c))

@@ -6,6 +6,7 @@ replicas of one tensor program and returns one result per config.
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 from tqdm.auto import tqdm
@@ -31,6 +32,10 @@ def run_replicas(cfgs: list[Config], progress: bool = True, stream=None) -> list
     plan = plan_recording(first)            # refuses oversized traces before any work
     model = build_model(cfgs)
     it = first.integrator
+    if it.compile:
+        warnings.warn("integrator.compile: true is used by training (python -m ctpc.train); "
+                      "a simulation observes the steps it records and runs them eagerly",
+                      stacklevel=2)
     solver = make_solver(model.dyn, it.scheme, model.dt, inner_steps=it.inner_steps,
                          weight_credit_timing=it.weight_credit_timing)
     p = model.params()
