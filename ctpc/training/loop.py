@@ -15,6 +15,7 @@ and the others go on (a single run stops).
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -220,6 +221,10 @@ class Trainer:
         points, ckpts = eval_points(s), checkpoint_points(s)
         self._t0, train_t = time.perf_counter(), 0.0
         done = st.update
+        if self.progress and getattr(s.rule, "compiles", False) and done < s.total_updates:
+            # the first rule call (update or evaluation probe) builds the compiled program
+            print("ctpc: compiling the presentation (integrator.compile: true): a one-off "
+                  "build, up to minutes on a cold cache", file=sys.stderr, flush=True)
         if done == 0 and not st.evals:
             st.evals.append(self._evaluate(0))
         bar = tqdm(total=s.total_updates, initial=done, unit="update", leave=False,

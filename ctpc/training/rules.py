@@ -88,6 +88,7 @@ class FusedInferenceRule(InferenceRule):
     as one compiled program (:mod:`ctpc.fused`), for batches of ``batch_size`` samples; other
     batches (the alignment probe) run the eager rule, so they compile nothing. The same
     numbers as the eager rule up to round-off (another summation order)."""
+    compiles = True     # the first call builds the program (the training loop says so)
 
     def __init__(self, dyn: Dynamics, solver, n_steps: int, rates: Rates, method: str,
                  batch_size: int):
