@@ -31,6 +31,8 @@ import functools
 
 import torch
 
+from .config import ConfigError
+
 # contractions over at most this many terms are unrolled (above: batched products)
 UNROLL_MAX = 16
 # dynamo keeps at most this many compiled variants per function; a grid sweep compiles one per
@@ -186,6 +188,19 @@ def compiled(fn_name: str, device_type: str, small: bool):
     options = {"cpp_wrapper": True, "cpp.threads": 1} if device_type == "cpu" and small else {}
     fn = {"presentation": presentation, "steps_batch_layout": steps_batch_layout}[fn_name]
     return torch.compile(fn, dynamic=False, fullgraph=True, options=options)
+
+
+def check_compiler() -> None:
+    """Raise :class:`ctpc.config.ConfigError` (exit 2) if inductor finds no C++ compiler: on
+    the CPU the compiled programs are C++ built on first use (checked before a run starts)."""
+    from torch._inductor import cpp_builder, exc
+    try:
+        cpp_builder.get_cpp_compiler()
+    except (exc.InvalidCxxCompiler, RuntimeError) as err:
+        raise ConfigError(
+            "integrator.compile: true builds C++ code on the CPU, but no C++ compiler was found "
+            f"({err.__class__.__name__}); install one (e.g. apt install g++, or set CXX) or set "
+            "integrator.compile: false") from None
 
 
 def is_small(width: int, output_dim: int) -> bool:

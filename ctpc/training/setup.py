@@ -11,6 +11,7 @@ import torch
 
 from ..config import Config, ConfigError, TrainingConfig
 from ..data import DataSplit, load_split
+from ..fused import check_compiler
 from ..integrators import GaussSeidel, make_solver
 from ..model import Model, build_model
 from .plasticity import plastic_solver
@@ -90,6 +91,7 @@ def make_rule(cfg: Config, model: Model):
     solver = make_solver(model.dyn, it.scheme, model.dt, inner_steps=it.inner_steps,
                          weight_credit_timing=it.weight_credit_timing)
     if fusable(cfg, solver, model.x.device):
+        check_compiler()
         return FusedInferenceRule(model.dyn, solver, it.n_steps, model.rates,
                                   cfg.dynamics.method, cfg.data.batch_size)
     rule = InferenceRule(model.dyn, solver, it.n_steps, model.rates, cfg.dynamics.method)
