@@ -121,18 +121,18 @@ def test_which_rule_runs():
     assert isinstance(build_training(ctpc.load_config(c)).rule, PlasticRule)
 
 
-def test_no_compiler_is_exit_2_before_training(monkeypatch, tmp_path):
+def test_no_compiler_is_exit_2_before_training(tmp_path):
     """Without a C++ compiler the run is refused before any work, naming the key and the fix."""
+    import yaml
     from torch._inductor import config as inductor_config
 
     from ctpc.train import main as train_main
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (str(tmp_path / "no-such-g++"),))
-    with pytest.raises(ctpc.ConfigError, match="integrator.compile"):
-        build_training(ctpc.load_config(config()))
-    c = config()
     path = tmp_path / "c.yaml"
-    path.write_text(__import__("yaml").safe_dump(c))
-    assert train_main([str(path), "--quiet", "--out", str(tmp_path / "o.nc")]) == 2
+    path.write_text(yaml.safe_dump(config()))
+    with inductor_config.patch({"cpp.cxx": (str(tmp_path / "no-such-g++"),)}):
+        with pytest.raises(ctpc.ConfigError, match="integrator.compile"):
+            build_training(ctpc.load_config(config()))
+        assert train_main([str(path), "--quiet", "--out", str(tmp_path / "o.nc")]) == 2
     assert not (tmp_path / "o.nc").exists()
 
 
