@@ -85,9 +85,10 @@ class InferenceRule:
 
 class FusedInferenceRule(InferenceRule):
     """:class:`InferenceRule` with the whole presentation (start, steps, read-out, statistics)
-    as one compiled program (:mod:`ctpc.fused`), for batches of ``batch_size`` samples; other
-    batches (the alignment probe) run the eager rule, so they compile nothing. The same
-    numbers as the eager rule up to round-off (another summation order)."""
+    as one compiled program (:mod:`ctpc.fused`), for batches of ``batch_size`` samples;
+    batches of another size (an alignment probe with its own ``training.probe_size``) run the
+    eager rule, so they compile nothing. The same numbers as the eager rule up to round-off
+    (another summation order)."""
     compiles = True     # the first call builds the program (the training loop says so)
 
     def __init__(self, dyn: Dynamics, solver, n_steps: int, rates: Rates, method: str,
