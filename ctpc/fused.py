@@ -32,6 +32,7 @@ import functools
 import torch
 
 from .config import ConfigError
+from .network import dphi, phi, rms_norm
 
 # contractions over at most this many terms are unrolled (above: batched products)
 UNROLL_MAX = 16
@@ -61,23 +62,6 @@ def _outer_mean(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (u[..., :, None, :] * v[..., None, :, :]).sum(-1)
 
 
-def _phi(activation: str, h: torch.Tensor) -> torch.Tensor:
-    if activation == "relu":
-        return torch.relu(h)
-    if activation == "tanh":
-        return torch.tanh(h)
-    return h
-
-
-def _slope(activation: str, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:
-    """phi'(h) (None for linear: phi' = 1)."""
-    if activation == "relu":
-        return (h > 0).to(h.dtype)
-    if activation == "tanh":
-        return 1.0 - a * a
-    return None
-
-
 def steps(h, lam, r, a, out_err, drive, y_t, w_mid, w_out, rho, c_h, c_lam, *, s_mid: float,
           s_out: float, activation: str, n_steps: int, inner_steps: int,
           dual_after_last: bool):
@@ -95,7 +79,7 @@ def steps(h, lam, r, a, out_err, drive, y_t, w_mid, w_out, rho, c_h, c_lam, *, s
         for _ in range(inner_steps):
             # primal: h -= c_h dL/dh from the carried network pass
             g = lam + rho * r
-            slope = _slope(activation, h, a)
+            slope = dphi(activation, h, a)
             fb = _contract(w_out, out_err, True)              # (y_hat - y) W_L
             if slope is not None:
                 fb = fb * slope[-1]
@@ -110,7 +94,7 @@ def steps(h, lam, r, a, out_err, drive, y_t, w_mid, w_out, rho, c_h, c_lam, *, s
             else:
                 h = top[None]
             # the network pass at the new activities
-            a = _phi(activation, h)
+            a = phi(activation, h)
             r_first = (h[0] - drive)[None]
             if n_hid > 1:
                 pred = h[:-1] + s_mid * _contract(w_mid, a[:-1], False)
@@ -154,12 +138,12 @@ def presentation(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float, s_mi
     drive = s_in * torch.matmul(w_in, x.transpose(1, 2))      # [R, N, B]
     layers = [drive]
     for l in range(n_hid - 1):                                # the feed-forward start (r = 0)
-        layers.append(layers[-1] + s_mid * _contract(w_mid[l], _phi(activation, layers[-1]),
+        layers.append(layers[-1] + s_mid * _contract(w_mid[l], phi(activation, layers[-1]),
                                                      False))
     h = torch.stack(layers)                                   # [H, R, N, B]
-    a = _phi(activation, h)
+    a = phi(activation, h)
     out_err = s_out * _contract(w_out, a[-1], False) - y_t    # y_hat - y, [R, O, B]
-    loss0 = 0.5 * out_err.square().sum(1).mean(-1)
+    loss0 = _half_mean_square(out_err)
     h, lam, r, a, out_err = steps(
         h, torch.zeros_like(h), torch.zeros_like(h), a, out_err, drive, y_t, w_mid, w_out, rho,
         c_h, c_lam, s_mid=s_mid, s_out=s_out, activation=activation, n_steps=n_steps,
@@ -168,11 +152,18 @@ def presentation(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float, s_mi
     g_in = torch.matmul(g[0], x) * (-s_in / b)
     g_mid = _outer_mean(g[1:], a[:-1]) * (-s_mid / b)
     g_out = _outer_mean(out_err, a[-1]) * (s_out / b)
-    loss = 0.5 * out_err.square().sum(1).mean(-1)
+    # L_rho = l + (sum lam r + rho/2 sum r^2) / B per replica, as Dynamics.energy
     rho_r = rho.reshape(-1) if rho.dim() else rho
-    energy = loss + ((lam * r).sum((0, 2, 3)) + 0.5 * rho_r * r.square().sum((0, 2, 3))) / b
-    rms = lambda t: t.square().sum(-2).mean(-1).sqrt()
+    energy = _half_mean_square(out_err) + (
+        (lam * r).sum((0, 2, 3)) + 0.5 * rho_r * r.square().sum((0, 2, 3))) / b
+    rms = lambda t: rms_norm(t.transpose(-1, -2))     # rms_norm reads [..., B, N]
     return g_in, g_mid, g_out, loss0, energy, rms(r), rms(lam), rms(g)
+
+
+def _half_mean_square(out_err: torch.Tensor) -> torch.Tensor:
+    """[R] 1/2 |y_hat - y|^2, mean over the batch, from out_err [R, O, B] (mse_loss's value in
+    the lanes layout)."""
+    return 0.5 * out_err.square().sum(1).mean(-1)
 
 
 @functools.cache

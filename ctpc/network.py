@@ -166,19 +166,11 @@ class Network:
 
     # ---------------------------------------------------------------------- activation
     def phi(self, h: torch.Tensor) -> torch.Tensor:
-        if self.activation == "tanh":
-            return torch.tanh(h)
-        if self.activation == "relu":
-            return torch.relu(h)
-        return h
+        return phi(self.activation, h)
 
     def dphi(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:
         """phi'(h) given a = phi(h); None for linear (multiplying by 1 is skipped)."""
-        if self.activation == "tanh":
-            return 1.0 - a * a
-        if self.activation == "relu":
-            return (h > 0).to(h.dtype)
-        return None
+        return dphi(self.activation, h, a)
 
     # ---------------------------------------------------------------------- passes
     def input_drive(self, w: Weights, x: torch.Tensor) -> torch.Tensor:
@@ -283,6 +275,24 @@ class Network:
         g_out = torch.bmm((y_hat - y).transpose(1, 2), a[-1]).mul_(self.s_out / b)
         return Weights(g_in, g_mid.view(g.shape[0] - 1, g.shape[1], self.width, self.width),
                        g_out)
+
+
+def phi(activation: str, h: torch.Tensor) -> torch.Tensor:
+    """phi(h) for an activation name (a new tensor)."""
+    if activation == "tanh":
+        return torch.tanh(h)
+    if activation == "relu":
+        return torch.relu(h)
+    return h
+
+
+def dphi(activation: str, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:
+    """phi'(h) given a = phi(h); None for linear (multiplying by 1 is skipped)."""
+    if activation == "tanh":
+        return 1.0 - a * a
+    if activation == "relu":
+        return (h > 0).to(h.dtype)
+    return None
 
 
 def phi_into(activation: str, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
