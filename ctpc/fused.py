@@ -1,5 +1,6 @@
-"""Compiled Gauss-Seidel steps (``integrator.compile: true``): the whole training presentation
-as one program, and chunks of a simulation's steps.
+"""Compiled Gauss-Seidel steps: the whole training presentation as one program (training with
+``integrator.compile: true``), and unobserved chunks of steps (a solver made with
+``make_solver(..., compile=True)``).
 
 What an update of PC / PC-ALM computes before the optimiser: the feed-forward start, ``n_steps``
 Gauss-Seidel steps (spec sections 3-4, instantaneous error neurons) and the local read-out of
@@ -8,7 +9,8 @@ on tensors of a few thousand numbers: a small network is bound by dispatching th
 arithmetic. Here the whole presentation is one pure tensor function that ``torch.compile``
 turns into a few C++ loops around the two input-sized products.
 
-Two choices make the generated code fast (docs/benchmarks.md, "The tiny cell"):
+Two choices make the generated code fast (docs/benchmarks.md, "The whole presentation
+compiled"):
 
 * **lanes layout**: inside the program activities are [H, R, N, B], the batch on the vector
   lanes (64 samples fill four AVX-512 registers); a product with an N x N weight matrix is then
@@ -18,8 +20,9 @@ Two choices make the generated code fast (docs/benchmarks.md, "The tiny cell"):
   element-wise work into one loop nest per step; wider contractions are batched products.
 
 :func:`steps` is the one pure-tensor form of the step that both compiled paths run: training's
-:func:`presentation` (start, steps, read-out, statistics) and a simulation's chunks of steps
-(:func:`steps_batch_layout`, called by :class:`ctpc.integrators.GaussSeidel`). Its arithmetic
+:func:`presentation` (start, steps, read-out, statistics) and a compiling solver's chunks of
+steps (:func:`steps_batch_layout`, called by :class:`ctpc.integrators.GaussSeidel`; ``simulate``
+observes the steps it records and does not use it). Its arithmetic
 is that of :meth:`ctpc.integrators.GaussSeidel.step` and :meth:`ctpc.network.Network.
 weight_gradients` in another summation order: they agree to round-off (tests/test_fused.py,
 float64). Not covered (the caller falls back to the eager loop):

@@ -6,7 +6,7 @@ D = 784, O = 10 (the paper's MNIST shapes, synthetic inputs).
 Variants (each checked to compute the same read-out before it is timed):
   loop          ctpc's solver loop: make_solver + integrate (no divergence check) + read-out
   loop+check    the same with the per-step divergence check (one host sync per 16 steps)
-  compiled      the loop with torch.compile'd chunks of steps (integrator.compile: true)
+  compiled      the loop with torch.compile'd chunks of steps (make_solver(..., compile=True))
   rule          training's eager rule call: the loop plus the update's statistics (loss at the
                 start, energy, norms), no optimiser
   fused         the same rule call as one compiled program (ctpc.fused: what training with
