@@ -83,6 +83,23 @@ def _itemsize(cfg: Config) -> int:
     return 4 if cfg.dtype == "float32" else 8
 
 
+def state_bytes(cfg: Config) -> int:
+    """Bytes of one state population of one replica: [H, B, N] (activities, multipliers or
+    errors) at the config's dtype. Input and output sizes must be resolved."""
+    return cfg.n_hidden * cfg.data.batch_size * cfg.network.width * _itemsize(cfg)
+
+
+def presentation_work(cfg: Config) -> int:
+    """Multiply-adds of one presentation of one replica, as a relative cost (sweep order):
+    the products of every weight matrix, over the batch, once per inference step plus the
+    feed-forward start and the read-out; BP's forward and backward count as three passes."""
+    net = cfg.network
+    per_pass = cfg.data.batch_size * net.width * (
+        net.input_dim + (net.depth - 2) * net.width + net.output_dim)
+    passes = 3 if cfg.dynamics.method == "bp" else 2 * cfg.integrator.n_steps + 2
+    return per_pass * passes
+
+
 def trace_shape(cfg: Config) -> tuple[int, int, int, int]:
     """(record steps, layers, samples, units) of the traces."""
     rec = cfg.record

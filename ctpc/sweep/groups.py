@@ -10,18 +10,36 @@ to round-off (tests/test_replicas.py).
 
 BP and Brian2 cells never share a program with PC/PC-ALM ones: BP replicas form their own
 groups (one batched autograd program); a Brian2 cell is always a group of one.
+
+**How big a group is on the CPU.** Replicas remove per-operator overhead, but they also make
+every tensor R times larger. Once a group's state ([R, H, B, N]) outgrows the core's L2 cache,
+each of the step's element-wise passes goes out to the shared L3 and memory, and a replica costs
+more in a group than on its own: at N = 32, L = 64, B = 64 (float32), 6 replicas took 91.5 ms
+per replica per presentation against 65.7 ms alone (docs/benchmarks.md, "Grouped sweeps"). So
+on the CPU a group holds at most :func:`cpu_state_budget` bytes of one state population (3/4 of
+the per-core L2), and never fewer than one replica. On a GPU a group is one launch per operator
+whatever its size, and only ``max_size`` applies.
+
+Groups are handed out largest estimated work first (:func:`ctpc.memory.presentation_work`), so
+that the longest group does not start last and leave the other workers idle at the end.
 """
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from pathlib import Path
+
+import torch
 
 from ..config import Config
+from ..memory import presentation_work, state_bytes
 from ..model import shape_key
 from ..training.setup import training_key
 from .grid import Cell
 
 MAX_GROUP = 16     # replicas per program; beyond this the kernels are big enough on their own
+CACHE_FRACTION = 0.75   # of the L2 a group's state may fill: the step's other tensors need room
+DEFAULT_L2_BYTES = 1 << 20
 
 
 def replica_key(cfg: Config) -> tuple | None:
@@ -38,13 +56,59 @@ def replica_key(cfg: Config) -> tuple | None:
         repr(rec.layers), repr(rec.samples), repr(rec.units))
 
 
+def _parse_size(text: str) -> int:
+    """sysfs cache sizes: '1024K', '2M' or plain bytes."""
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * scale
+
+
+def l2_cache_bytes(sysfs: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """The per-core L2 cache of this machine in bytes, from Linux's sysfs;
+    :data:`DEFAULT_L2_BYTES` (1 MiB) where it cannot be read (other systems)."""
+    for index in sorted(sysfs.glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "2":
+                return _parse_size((index / "size").read_text())
+        except (OSError, ValueError):
+            continue
+    return DEFAULT_L2_BYTES
+
+
+def cpu_state_budget() -> int:
+    """Bytes of one state population a CPU replica group may hold (see the module text)."""
+    return int(CACHE_FRACTION * l2_cache_bytes())
+
+
+def max_replicas(cfg: Config, max_size: int, state_budget: int) -> int:
+    """The largest group of replicas of ``cfg``: ``max_size`` on a GPU; on the CPU as many as
+    fit ``state_budget`` bytes of state, at least one."""
+    on_gpu = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        return max_size
+    return max(1, min(max_size, state_budget // state_bytes(cfg)))
+
+
+def group_work(group: list[Cell]) -> int:
+    """Estimated work of a group, for ordering only: replicas x one presentation's
+    multiply-adds x (for training) epochs."""
+    cfg = group[0].config
+    epochs = cfg.training.epochs if cfg.training is not None else 1
+    return len(group) * presentation_work(cfg) * epochs
+
+
 def group_cells(cells: list[Cell], *, workers: int = 1, max_size: int = MAX_GROUP,
-                enabled: bool = True) -> list[list[Cell]]:
-    """Cells in groups that run as one program each. Groups are at most ``max_size`` cells and
-    split evenly so that there are at least ``workers`` tasks when the cells allow it (keeping
-    every worker busy beats bigger groups on a small machine)."""
+                state_budget: int | None = None, enabled: bool = True) -> list[list[Cell]]:
+    """Cells in groups that run as one program each, largest estimated work first.
+
+    A group holds at most :func:`max_replicas` cells (``max_size``; on the CPU also at most
+    ``state_budget`` bytes of state, default :func:`cpu_state_budget`); a key with more cells
+    is split evenly. Groups are split further, the biggest first, until there are at least
+    ``workers`` tasks when the cells allow it (keeping every worker busy beats bigger groups on
+    a small machine)."""
     if not enabled:
-        return [[c] for c in cells]
+        return sorted(([c] for c in cells), key=group_work, reverse=True)
+    budget = cpu_state_budget() if state_budget is None else state_budget
     by_key: dict = defaultdict(list)
     singles = []
     for c in cells:
@@ -52,11 +116,13 @@ def group_cells(cells: list[Cell], *, workers: int = 1, max_size: int = MAX_GROU
         (singles.append([c]) if key is None else by_key[key].append(c))
     groups = []
     for members in by_key.values():
-        parts = math.ceil(len(members) / max_size)
+        parts = math.ceil(len(members) / max_replicas(members[0].config, max_size, budget))
         groups += [members[i::parts] for i in range(parts)]
-    groups = sorted(groups, key=len, reverse=True)
-    while len(groups) + len(singles) < workers and len(groups[0]) > 1:
-        big = groups.pop(0)
+    while len(groups) + len(singles) < workers:
+        splittable = [g for g in groups if len(g) > 1]
+        if not splittable:
+            break
+        big = max(splittable, key=group_work)
+        groups.remove(big)
         groups += [big[0::2], big[1::2]]
-        groups.sort(key=len, reverse=True)
-    return groups + singles
+    return sorted(groups + singles, key=group_work, reverse=True)
