@@ -14,8 +14,8 @@ groups (one batched autograd program); a Brian2 cell is always a group of one.
 **How big a group is on the CPU.** Replicas remove per-operator overhead, but they also make
 every tensor R times larger. Once a group's state ([R, H, B, N]) outgrows the core's L2 cache,
 each of the step's element-wise passes goes out to the shared L3 and memory, and a replica costs
-more in a group than on its own: at N = 32, L = 64, B = 64 (float32), 6 replicas took 91.5 ms
-per replica per presentation against 65.7 ms alone (docs/benchmarks.md, "Grouped sweeps"). So
+more in a group than on its own: at N = 32, L = 64, B = 64 (float32), 6 replicas took 88 ms per
+replica per presentation against 52 ms alone (docs/benchmarks.md, "Grouped sweeps"). So
 on the CPU a group holds at most :func:`cpu_state_budget` bytes of one state population (3/4 of
 the per-core L2), and never fewer than one replica. On a GPU a group is one launch per operator
 whatever its size, and only ``max_size`` applies.
