@@ -1,19 +1,22 @@
-"""What grouping cells into replica programs buys a training sweep, three ways, in one process:
-groups capped by the CPU's cache budget (the default), groups of every cell of a key (no cap:
-how ctpc grouped before the cap), and every cell on its own (``--no-group``).
+"""What grouping cells into replica programs buys a training sweep, several ways, in one process:
+``capped``, ctpc's grouping (on the CPU a group fits a fraction of the L2 cache, and a replica
+bigger than 1/16 of it runs alone: ctpc.sweep.groups); ``capped@F``, groups of at most F of
+the L2 of state, whatever a replica's size; ``uncapped``, every cell of a key in one group (how
+ctpc grouped before the caps); and ``single``, every cell on its own (``--no-group``).
 
     python sims/bench_grouping.py [--max-updates 88] [--widths 8,16,32] [--depths 32,64]
-                                  [--order capped,uncapped,single] [--out runs/bench_grouping]
+                                  [--activations relu] [--order capped,uncapped,single]
+                                  [--out runs/bench_grouping]
     python sims/bench_grouping.py --full [--max-updates 220] --order capped,single
 
-The sweep is models/sweeps/grid_digits.yaml (the learning issue's grid) restricted to ReLU and
-the given widths and depths, all three methods and seeds, each cell stopped after
-``--max-updates`` updates (the grid runs 880; the cost per update does not depend on how many
-there are). ``--full`` runs every cell of the grid as shipped instead (216 cells, evaluations every 44
-updates), for 880 updates each unless ``--max-updates`` is given. Each variant runs on a fresh local Dask cluster of 2 workers, one thread each,
-writing its own sweep; the table prints the wall time of each and the largest difference of
-final test accuracy and training loss between them. The numbers in docs/benchmarks.md
-("Grouped sweeps") come from here.
+The sweep is models/sweeps/grid_digits.yaml (the learning issue's grid) restricted to the
+given widths, depths and activations (default ReLU), all three methods and seeds, each cell
+stopped after ``--max-updates`` updates (the grid runs 880; the cost per update does not depend
+on how many there are). ``--full`` runs every cell of the grid as shipped instead (216 cells,
+evaluations every 44 updates), for 880 updates each unless ``--max-updates`` is given. Each
+variant runs on a fresh local Dask cluster of 2 workers, one thread each, writing its own sweep;
+the table prints the wall time of each and the largest difference of final test accuracy and
+training loss between them. The numbers in docs/benchmarks.md ("Grouped sweeps") come from here.
 """
 from __future__ import annotations
 
@@ -38,21 +41,25 @@ def run(variant: str, args, out_dir: Path):
     else:
         updates = args.max_updates or 88
         overrides = [f"sweep.network.width=[{args.widths}]",
-                     f"sweep.network.depth=[{args.depths}]", "sweep.network.activation=[relu]",
+                     f"sweep.network.depth=[{args.depths}]",
+                     f"sweep.network.activation=[{args.activations}]",
                      f"training.max_updates={updates}", f"training.eval_every={updates}"]
     out = out_dir / f"{variant}.nc"
     shutil.rmtree(out.with_suffix(".cells"), ignore_errors=True)
     out.unlink(missing_ok=True)
-    budget = groups.CACHE_FRACTION
-    if variant == "uncapped":
-        groups.CACHE_FRACTION = 1e9       # the client groups; workers only run
+    fractions = groups.CACHE_FRACTION, groups.REPLICA_FRACTION
+    if variant == "uncapped":          # the client groups; workers only run
+        groups.CACHE_FRACTION = groups.REPLICA_FRACTION = 1e9
+    elif variant.startswith("capped@"):   # a group may hold F of the L2, any replica size
+        groups.CACHE_FRACTION = float(variant.partition("@")[2])
+        groups.REPLICA_FRACTION = 1e9
     try:
         start = time.perf_counter()
         ds = run_sweep(str(MODEL), overrides, out=out, n_workers=2, progress=False,
                        group=variant != "single")
         wall = time.perf_counter() - start
     finally:
-        groups.CACHE_FRACTION = budget
+        groups.CACHE_FRACTION, groups.REPLICA_FRACTION = fractions
     return wall, ds
 
 
@@ -62,7 +69,10 @@ def main(argv=None) -> int:
                    help="updates per cell (default 88; --full: 880, the grid's own)")
     p.add_argument("--widths", default="8,16,32")
     p.add_argument("--depths", default="32,64")
-    p.add_argument("--order", default="capped,uncapped,single")
+    p.add_argument("--activations", default="relu")
+    p.add_argument("--order", default="capped,uncapped,single",
+                   help="variants in the order run: capped (ctpc's grouping), capped@F "
+                        "(groups of at most F of the L2), uncapped, single (--no-group)")
     p.add_argument("--full", action="store_true", help="the whole grid as shipped")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_grouping")
     args = p.parse_args(argv)

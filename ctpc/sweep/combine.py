@@ -54,8 +54,10 @@ TRAINING_SCALARS = {
     "diverged_at_update": ("1", "first non-finite update (NaN if not diverged)"),
     "final_train_acc": ("1", "training accuracy at the last evaluation"),
     "final_test_acc": ("1", "test accuracy at the last evaluation"),
-    "wall_time_s": ("s", "wall time of the run (its share of a replica group)"),
-    "train_time_s": ("s", "of which updates"), "samples_per_s": ("1/s", "training throughput"),
+    "wall_time_s": ("s", "wall time of the run; a cell run in a replica group has the "
+                         "group's, the same for every member"),
+    "train_time_s": ("s", "of which updates (the group's, likewise)"),
+    "samples_per_s": ("1/s", "training throughput of this replica"),
 }
 TIME_DECIMALS = 9     # times are step*dt in ms; rounding makes equal times of different dt equal
 # What a cell of each kind keeps, and along which axes cells are padded to a common length.

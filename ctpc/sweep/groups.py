@@ -12,13 +12,22 @@ BP and Brian2 cells never share a program with PC/PC-ALM ones: BP replicas form 
 groups (one batched autograd program); a Brian2 cell is always a group of one.
 
 **How big a group is on the CPU.** Replicas remove per-operator overhead, but they also make
-every tensor R times larger. Once a group's state ([R, H, B, N]) outgrows the core's L2 cache,
-each of the step's element-wise passes goes out to the shared L3 and memory, and a replica costs
-more in a group than on its own: at N = 32, L = 64, B = 64 (float32), 6 replicas took 88 ms per
-replica per presentation against 52 ms alone (docs/benchmarks.md, "Grouped sweeps"). So
-on the CPU a group holds at most :func:`cpu_state_budget` bytes of one state population (3/4 of
-the per-core L2), and never fewer than one replica. On a GPU a group is one launch per operator
-whatever its size, and only ``max_size`` applies.
+every tensor R times larger, and the whole digits grid, run grouped and cell by cell on 2 cores
+(docs/benchmarks.md, "Grouped sweeps"), shows where that pays:
+
+* grouping won (1.2-2.3x less compute) only for cells whose replica holds at most ~64 KiB of
+  state (one population, H x B x N): there a step is bound by per-operator overhead;
+* from ~124 KiB per replica on, groups of 3 or 6 cost 10-30 % *more* than the same cells run
+  one by one, whatever the group's total size: the step is bound by arithmetic and memory
+  traffic, which replicas do not share, and larger tensors fall out of the core's caches
+  (at N = 32, L = 64, B = 64, six replicas cost 88 ms per replica per presentation against
+  52 ms alone);
+* every winning group held at most ~372 KiB of state.
+
+So on the CPU a cell whose replica holds more than :data:`REPLICA_FRACTION` of the per-core L2
+(64 KiB of 1 MiB) runs alone, and a group holds at most :data:`CACHE_FRACTION` of it (384 KiB).
+The L2 size is read from Linux's sysfs (1 MiB assumed elsewhere). On a GPU a group is one
+launch per operator whatever its size, and only ``max_size`` applies.
 
 Groups are handed out largest estimated work first (:func:`ctpc.memory.presentation_work`), so
 that the longest group does not start last and leave the other workers idle at the end.
@@ -38,7 +47,9 @@ from ..training.setup import training_key
 from .grid import Cell
 
 MAX_GROUP = 16     # replicas per program; beyond this the kernels are big enough on their own
-CACHE_FRACTION = 0.75   # of the L2 a group's state may fill: the step's other tensors need room
+# Fractions of the per-core L2 (measured on the whole digits grid; see the module text):
+REPLICA_FRACTION = 1 / 16   # above this much state, a replica's step is not overhead-bound
+CACHE_FRACTION = 3 / 8      # the most state a CPU group holds
 DEFAULT_L2_BYTES = 1 << 20
 
 
@@ -75,18 +86,17 @@ def l2_cache_bytes(sysfs: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> 
     return DEFAULT_L2_BYTES
 
 
-def cpu_state_budget() -> int:
-    """Bytes of one state population a CPU replica group may hold (see the module text)."""
-    return int(CACHE_FRACTION * l2_cache_bytes())
-
-
-def max_replicas(cfg: Config, max_size: int, state_budget: int) -> int:
-    """The largest group of replicas of ``cfg``: ``max_size`` on a GPU; on the CPU as many as
-    fit ``state_budget`` bytes of state, at least one."""
+def max_replicas(cfg: Config, max_size: int, l2_bytes: int) -> int:
+    """The largest group of replicas of ``cfg``: ``max_size`` on a GPU; on the CPU (L2 of
+    ``l2_bytes`` per core) one for a replica of more than REPLICA_FRACTION of the L2 of state,
+    else as many as fit CACHE_FRACTION of it."""
     on_gpu = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if on_gpu:
         return max_size
-    return max(1, min(max_size, state_budget // state_bytes(cfg)))
+    one = state_bytes(cfg)
+    if one > REPLICA_FRACTION * l2_bytes:
+        return 1
+    return max(1, min(max_size, int(CACHE_FRACTION * l2_bytes) // one))
 
 
 def group_work(group: list[Cell]) -> int:
@@ -98,17 +108,17 @@ def group_work(group: list[Cell]) -> int:
 
 
 def group_cells(cells: list[Cell], *, workers: int = 1, max_size: int = MAX_GROUP,
-                state_budget: int | None = None, enabled: bool = True) -> list[list[Cell]]:
+                l2_bytes: int | None = None, enabled: bool = True) -> list[list[Cell]]:
     """Cells in groups that run as one program each, largest estimated work first.
 
-    A group holds at most :func:`max_replicas` cells (``max_size``; on the CPU also at most
-    ``state_budget`` bytes of state, default :func:`cpu_state_budget`); a key with more cells
+    A group holds at most :func:`max_replicas` cells (``max_size``, and on the CPU what the
+    per-core L2 of ``l2_bytes`` allows, default :func:`l2_cache_bytes`); a key with more cells
     is split evenly. Groups are split further, the biggest first, until there are at least
     ``workers`` tasks when the cells allow it (keeping every worker busy beats bigger groups on
     a small machine)."""
     if not enabled:
         return sorted(([c] for c in cells), key=group_work, reverse=True)
-    budget = cpu_state_budget() if state_budget is None else state_budget
+    l2 = l2_cache_bytes() if l2_bytes is None else l2_bytes
     by_key: dict = defaultdict(list)
     singles = []
     for c in cells:
@@ -116,7 +126,7 @@ def group_cells(cells: list[Cell], *, workers: int = 1, max_size: int = MAX_GROU
         (singles.append([c]) if key is None else by_key[key].append(c))
     groups = []
     for members in by_key.values():
-        parts = math.ceil(len(members) / max_replicas(members[0].config, max_size, budget))
+        parts = math.ceil(len(members) / max_replicas(members[0].config, max_size, l2))
         groups += [members[i::parts] for i in range(parts)]
     while len(groups) + len(singles) < workers:
         splittable = [g for g in groups if len(g) > 1]
