@@ -42,7 +42,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, layer_shapes
 from .results import SERIES_LAYER, SERIES_SCALAR, SERIES_WEIGHT
 from .schemes import SCHEMES
 
@@ -93,9 +93,7 @@ def presentation_work(cfg: Config) -> int:
     """Multiply-adds of one presentation of one replica, as a relative cost (sweep order):
     the products of every weight matrix, over the batch, once per inference step plus the
     feed-forward start and the read-out; BP's forward and backward count as three passes."""
-    net = cfg.network
-    per_pass = cfg.data.batch_size * net.width * (
-        net.input_dim + (net.depth - 2) * net.width + net.output_dim)
+    per_pass = cfg.data.batch_size * sum(o * i for o, i in layer_shapes(cfg))
     passes = 3 if cfg.dynamics.method == "bp" else 2 * cfg.integrator.n_steps + 2
     return per_pass * passes
 
@@ -186,7 +184,7 @@ def estimate(cfg: Config) -> list[Term]:
     H, B = L - 1, cfg.data.batch_size
     W = N * D + (L - 2) * N * N + O * N
     P = 3 if cfg.dynamics.tau_e > 0 else 2
-    state = P * H * B * N * s
+    state = P * state_bytes(cfg)
     slots = _float(n_record_slots(cfg.integrator.n_steps, cfg.record.every) + 1)
     _, n_l, n_s, n_u = trace_shape(cfg)
     traces = slots * n_l * n_s * n_u * len(cfg.record.variables) * s

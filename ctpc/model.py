@@ -22,10 +22,18 @@ from .network import Network, Weights, init_weights
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def device_kind(name: str) -> str:
+    """'cpu' or 'cuda': the config's ``device`` with 'auto' resolved here (CUDA when available);
+    never raises (a sweep's client may plan cells for GPU workers without a GPU of its own)."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def resolve_device(name: str) -> torch.device:
     """'cpu', 'cuda' or 'auto' (CUDA when available); 'cuda' without a GPU is a ConfigError."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(device_kind(name))
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             f"device: 'cuda' was asked for but this torch ({torch.__version__}) sees no CUDA GPU; "

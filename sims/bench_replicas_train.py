@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ctpc.memory import state_bytes
 from ctpc.training import prepare_config, train_replicas
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "train_digits.yaml"
@@ -43,7 +44,7 @@ def presentation(r: int, width: int, depth: int):
     def run():
         with torch.no_grad():
             return rule(model.weights, x, y)[0]
-    return run, setup.model
+    return run, setup.cfg
 
 
 def per_presentation(args) -> None:
@@ -54,9 +55,9 @@ def per_presentation(args) -> None:
         width, depth = map(int, cell.split("x"))
         fns = {}
         for r in sizes:
-            fn, model = presentation(r, width, depth)
+            fn, cfg = presentation(r, width, depth)
             fn()                                                  # warm-up
-            state = model.x.shape[0] * (depth - 1) * model.x.shape[1] * width * 4
+            state = r * state_bytes(cfg)
             fns[r] = (fn, state)
         times = {r: [] for r in sizes}
         for _ in range(args.repeats):                             # rounds interleaved

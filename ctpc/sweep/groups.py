@@ -38,11 +38,9 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-
 from ..config import Config
 from ..memory import presentation_work, state_bytes
-from ..model import shape_key
+from ..model import device_kind, shape_key
 from ..training.setup import training_key
 from .grid import Cell
 
@@ -90,8 +88,7 @@ def max_replicas(cfg: Config, max_size: int, l2_bytes: int) -> int:
     """The largest group of replicas of ``cfg``: ``max_size`` on a GPU; on the CPU (L2 of
     ``l2_bytes`` per core) one for a replica of more than REPLICA_FRACTION of the L2 of state,
     else as many as fit CACHE_FRACTION of it."""
-    on_gpu = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if on_gpu:
+    if device_kind(cfg.device) == "cuda":
         return max_size
     one = state_bytes(cfg)
     if one > REPLICA_FRACTION * l2_bytes:
