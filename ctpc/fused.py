@@ -22,7 +22,11 @@ compiled"):
 :func:`steps` is the one pure-tensor form of the step that both compiled paths run: training's
 :func:`presentation` (start, steps, read-out, statistics) and a compiling solver's chunks of
 steps (:func:`steps_batch_layout`, called by :class:`ctpc.integrators.GaussSeidel`; ``simulate``
-observes the steps it records and does not use it). Its arithmetic
+observes the steps it records and does not use it). A program unrolls its steps, so its compile
+time grows with them: runs of more than :data:`WHOLE_STEPS_MAX` steps are split into programs of
+:data:`CHUNK_STEPS` steps (:func:`pieces`; :func:`run_presentation`: a head with the start, one
+middle program called as often as needed, a tail with the read-out), so the compile time of a
+long run no longer grows with its length. Its arithmetic
 is that of :meth:`ctpc.integrators.GaussSeidel.step` and :meth:`ctpc.network.Network.
 weight_gradients` in another summation order: they agree to round-off (tests/test_fused.py,
 float64). Not covered (the caller falls back to the eager loop):
@@ -39,6 +43,13 @@ from .network import dphi, phi, rms_norm
 
 # contractions over at most this many terms are unrolled (above: batched products)
 UNROLL_MAX = 16
+# Programs unroll their steps, so their compile time grows with the steps (cold, on the 2-core
+# benchmark machine: ~90 s at 64 steps, ~400 s at 256). Up to WHOLE_STEPS_MAX steps a
+# presentation (or an unobserved run of a compiling solver) is one program; longer ones run as
+# programs of CHUNK_STEPS steps (~70 s to compile whatever the length), ~10 % slower per update
+# than one program (a call of a compiled program costs ~70 us; docs/benchmarks.md).
+WHOLE_STEPS_MAX = 64
+CHUNK_STEPS = 16
 # dynamo keeps at most this many compiled variants per function; a grid sweep compiles one per
 # shape (width x depth x activation ...) in the same worker process
 RECOMPILE_LIMIT = 64
@@ -134,9 +145,84 @@ def presentation(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float, s_mi
     the local read-out at the final state; loss0 [R]: 1/2 |y_hat - y|^2 at the feed-forward
     start; energy [R]: L_rho at the end; res_norm, lam_norm, credit_norm [H, R]: RMS over the
     batch of each sample's norm at the end (what :class:`ctpc.training.rules.UpdateStats`
-    holds)."""
+    holds). :func:`run_presentation` computes the same as several programs when ``n_steps`` >
+    :data:`WHOLE_STEPS_MAX`."""
+    h, a, out_err, drive, y_t, loss0 = _start(w_in, w_mid, w_out, x, y, s_in=s_in, s_mid=s_mid,
+                                              s_out=s_out, activation=activation)
+    h, lam, r, a, out_err = steps(
+        h, torch.zeros_like(h), torch.zeros_like(h), a, out_err, drive, y_t, w_mid, w_out, rho,
+        c_h, c_lam, s_mid=s_mid, s_out=s_out, activation=activation, n_steps=n_steps,
+        inner_steps=inner_steps, dual_after_last=final_dual)
+    return _readout(h, lam, r, a, out_err, x, rho, loss0, s_in=s_in, s_mid=s_mid, s_out=s_out)
+
+
+def presentation_head(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float, s_mid: float,
+                      s_out: float, activation: str, n_steps: int, inner_steps: int):
+    """The first program of a chunked presentation: the feed-forward start and ``n_steps``
+    steps (the last of them updates lam: more steps follow). Arguments as
+    :func:`presentation`; returns the carry (h, lam, r, a, out_err [lanes layout], drive, y_t)
+    and loss0 [R]."""
+    h, a, out_err, drive, y_t, loss0 = _start(w_in, w_mid, w_out, x, y, s_in=s_in, s_mid=s_mid,
+                                              s_out=s_out, activation=activation)
+    h, lam, r, a, out_err = steps(
+        h, torch.zeros_like(h), torch.zeros_like(h), a, out_err, drive, y_t, w_mid, w_out, rho,
+        c_h, c_lam, s_mid=s_mid, s_out=s_out, activation=activation, n_steps=n_steps,
+        inner_steps=inner_steps, dual_after_last=True)
+    return h, lam, r, a, out_err, drive, y_t, loss0
+
+
+def presentation_tail(h, lam, r, a, out_err, drive, y_t, loss0, x, w_mid, w_out, rho, c_h,
+                      c_lam, *, s_in: float, s_mid: float, s_out: float, activation: str,
+                      n_steps: int, inner_steps: int, final_dual: bool):
+    """The last program of a chunked presentation: ``n_steps`` steps from the carry of
+    :func:`presentation_head` (or of the middle chunks, :func:`steps`) and the read-out;
+    returns what :func:`presentation` returns."""
+    h, lam, r, a, out_err = steps(
+        h, lam, r, a, out_err, drive, y_t, w_mid, w_out, rho, c_h, c_lam, s_mid=s_mid,
+        s_out=s_out, activation=activation, n_steps=n_steps, inner_steps=inner_steps,
+        dual_after_last=final_dual)
+    return _readout(h, lam, r, a, out_err, x, rho, loss0, s_in=s_in, s_mid=s_mid, s_out=s_out)
+
+
+def pieces(n_steps: int) -> list[int]:
+    """The programs ``n_steps`` unobserved steps run as: one of ``n_steps`` up to
+    :data:`WHOLE_STEPS_MAX`, else programs of :data:`CHUNK_STEPS` steps and one of the rest."""
+    if n_steps <= WHOLE_STEPS_MAX:
+        return [n_steps]
+    full, rest = divmod(n_steps, CHUNK_STEPS)
+    return [CHUNK_STEPS] * full + ([rest] if rest else [])
+
+
+def run_presentation(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, device_type: str,
+                     small: bool, **static):
+    """:func:`presentation`, compiled. Up to :data:`WHOLE_STEPS_MAX` steps it is one program;
+    a longer presentation runs as a head (the start and the first :data:`CHUNK_STEPS` steps),
+    middle chunks of :data:`CHUNK_STEPS` steps (one program, called as often as needed) and a
+    tail (the last steps and the read-out), so its compile time does not grow with the run
+    length (programs unroll their steps). ``device_type``, ``small``: as :func:`compiled`;
+    ``static``: the keyword arguments of :func:`presentation`."""
+    programs = pieces(static["n_steps"])
+    if len(programs) == 1:
+        return compiled("presentation", device_type, small)(
+            w_in, w_mid, w_out, x, y, rho, c_h, c_lam, **static)
+    head, *middle, tail = programs
+    step_static = {k: static[k] for k in ("s_mid", "s_out", "activation", "inner_steps")}
+    head_static = {k: v for k, v in static.items() if k != "final_dual"}
+    *carry, drive, y_t, loss0 = compiled("presentation_head", device_type, small)(
+        w_in, w_mid, w_out, x, y, rho, c_h, c_lam, **dict(head_static, n_steps=head))
+    for n in middle:
+        carry = compiled("steps", device_type, small)(
+            *carry, drive, y_t, w_mid, w_out, rho, c_h, c_lam, n_steps=n, dual_after_last=True,
+            **step_static)
+    return compiled("presentation_tail", device_type, small)(
+        *carry, drive, y_t, loss0, x, w_mid, w_out, rho, c_h, c_lam, **dict(static, n_steps=tail))
+
+
+def _start(w_in, w_mid, w_out, x, y, *, s_in: float, s_mid: float, s_out: float,
+           activation: str):
+    """The feed-forward start (r = 0, lam = 0) in the lanes layout: h, a [H, R, N, B],
+    out_err [R, O, B], drive = s_in W_1 x [R, N, B], y_t [R, O, B], loss0 [R]."""
     n_hid = w_mid.shape[0] + 1
-    b = x.shape[1]
     y_t = y.transpose(1, 2)                                   # [R, O, B]
     drive = s_in * torch.matmul(w_in, x.transpose(1, 2))      # [R, N, B]
     layers = [drive]
@@ -146,11 +232,12 @@ def presentation(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float, s_mi
     h = torch.stack(layers)                                   # [H, R, N, B]
     a = phi(activation, h)
     out_err = s_out * _contract(w_out, a[-1], False) - y_t    # y_hat - y, [R, O, B]
-    loss0 = _half_mean_square(out_err)
-    h, lam, r, a, out_err = steps(
-        h, torch.zeros_like(h), torch.zeros_like(h), a, out_err, drive, y_t, w_mid, w_out, rho,
-        c_h, c_lam, s_mid=s_mid, s_out=s_out, activation=activation, n_steps=n_steps,
-        inner_steps=inner_steps, dual_after_last=final_dual)
+    return h, a, out_err, drive, y_t, _half_mean_square(out_err)
+
+
+def _readout(h, lam, r, a, out_err, x, rho, loss0, *, s_in: float, s_mid: float, s_out: float):
+    """The read-out and the update's statistics at the final state (see :func:`presentation`)."""
+    b = x.shape[1]
     g = lam + rho * r
     g_in = torch.matmul(g[0], x) * (-s_in / b)
     g_mid = _outer_mean(g[1:], a[:-1]) * (-s_mid / b)
@@ -171,7 +258,8 @@ def _half_mean_square(out_err: torch.Tensor) -> torch.Tensor:
 
 @functools.cache
 def compiled(fn_name: str, device_type: str, small: bool):
-    """The compiled ``fn_name`` (:func:`presentation` or :func:`steps_batch_layout`) for a
+    """The compiled ``fn_name`` (:func:`presentation`, :func:`presentation_head`,
+    :func:`steps`, :func:`presentation_tail` or :func:`steps_batch_layout`) for a
     device type. On the CPU, for small widths (``small``: every contraction unrolled), the
     generated code runs on one thread with a C++ wrapper: its loops take a few microseconds
     each, less than waking a second thread, and the wrapper saves the Python call of every
@@ -180,7 +268,8 @@ def compiled(fn_name: str, device_type: str, small: bool):
     import torch._dynamo.config as dynamo_config
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
     options = {"cpp_wrapper": True, "cpp.threads": 1} if device_type == "cpu" and small else {}
-    fn = {"presentation": presentation, "steps_batch_layout": steps_batch_layout}[fn_name]
+    fn = {f.__name__: f for f in (presentation, presentation_head, presentation_tail, steps,
+                                  steps_batch_layout)}[fn_name]
     return torch.compile(fn, dynamic=False, fullgraph=True, options=options)
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .dynamics import POP_ERR, POP_H, POP_LAM, Dynamics, Params, Scalar
+from . import fused
 from .fused import compiled, is_small
 from .network import Residuals
 from .schemes import SchemeInfo, scheme as scheme_info
@@ -262,16 +263,20 @@ class GaussSeidel:
 
 def _compiled_advance(solver: "GaussSeidel", c: GSCarry, p: Params, n: int,
                       last: bool) -> GSCarry:
-    """n steps by the compiled pure form of the step (:func:`ctpc.fused.steps`), written back
-    into the carry's buffers."""
+    """n steps by the compiled pure form of the step (:func:`ctpc.fused.steps`; as
+    :func:`ctpc.fused.pieces` splits them), written back into the carry's buffers."""
     net = solver.dyn.net
     fn = compiled("steps_batch_layout", c.h.device.type, is_small(net.width, c.out_err.shape[-1]))
     as_t = lambda v: torch.as_tensor(v, device=c.h.device, dtype=c.h.dtype)
     k = p.rates
-    out = fn(c.h, c.lam, c.r, c.a, c.out_err, p.drive, p.y, p.weights.w_mid, p.weights.w_out,
-             as_t(k.rho), as_t(solver.dt * k.k_h), as_t(solver.dt * k.k_lam), s_mid=net.s_mid,
-             s_out=net.s_out, activation=net.activation, n_steps=n,
-             inner_steps=solver.inner_steps, dual_after_last=not last or solver.final_dual)
+    rates = as_t(k.rho), as_t(solver.dt * k.k_h), as_t(solver.dt * k.k_lam)
+    out = (c.h, c.lam, c.r, c.a, c.out_err)
+    programs = fused.pieces(n)      # long runs in chunks: compile time independent of n
+    for i, m in enumerate(programs, start=1):
+        out = fn(*out, p.drive, p.y, p.weights.w_mid, p.weights.w_out, *rates, s_mid=net.s_mid,
+                 s_out=net.s_out, activation=net.activation, n_steps=m,
+                 inner_steps=solver.inner_steps,
+                 dual_after_last=i < len(programs) or not last or solver.final_dual)
     for buf, new in zip((c.h, c.lam, c.r, c.a, c.out_err), out):
         buf.copy_(new)
     return c

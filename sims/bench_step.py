@@ -9,8 +9,14 @@ Variants (each checked to compute the same read-out before it is timed):
   compiled      the loop with torch.compile'd chunks of steps (make_solver(..., compile=True))
   rule          training's eager rule call: the loop plus the update's statistics (loss at the
                 start, energy, norms), no optimiser
-  fused         the same rule call as one compiled program (ctpc.fused: what training with
-                integrator.compile: true runs on the CPU); compile time reported separately
+  fused         the same rule call compiled (ctpc.fused: what training with
+                integrator.compile: true runs on the CPU): one program up to
+                ctpc.fused.WHOLE_STEPS_MAX steps, else programs of CHUNK_STEPS steps (a head,
+                middle chunks, a tail); compile time reported separately
+  fused-whole   the same as one program however many steps (what ctpc did before chunking;
+                its compile time grows with T)
+  fused-chunked the same in programs of CHUNK_STEPS steps however few steps
+                (WHOLE_STEPS_MAX = CHUNK_STEPS)
   simulate      ctpc.simulate with the default recording (per-layer summaries and the traces of
                 sample 0 at every step), end to end (build, BP reference, dataset)
   simulate-1slot the default recording summarised one slot at a time (RECORD_CHUNK_BYTES = 1:
@@ -91,13 +97,15 @@ def ctpc_loop(cfgs, check: bool):
     return run
 
 
-def ctpc_rule(cfg, fused: bool):
+def ctpc_rule(cfg, fused: bool, whole_max: int | None = None):
     """One training update's rule call (inference + read-out + statistics, no optimiser): the
-    eager :class:`InferenceRule`, or with ``fused`` the whole presentation as one compiled
-    program (:mod:`ctpc.fused`, what training with integrator.compile: true runs)."""
+    eager :class:`InferenceRule`, or with ``fused`` the whole presentation compiled
+    (:mod:`ctpc.fused`, what training with integrator.compile: true runs); ``whole_max``:
+    ``ctpc.fused.WHOLE_STEPS_MAX`` for this variant's calls."""
     import torch
 
     import ctpc
+    import ctpc.fused
     from ctpc.integrators import make_solver
     from ctpc.model import build_model
     from ctpc.training.rules import FusedInferenceRule, InferenceRule
@@ -111,8 +119,14 @@ def ctpc_rule(cfg, fused: bool):
             else InferenceRule(*args))
 
     def run():
-        with torch.no_grad():
-            return rule(model.weights, model.x, model.y)[0]
+        default = ctpc.fused.WHOLE_STEPS_MAX
+        if whole_max is not None:
+            ctpc.fused.WHOLE_STEPS_MAX = whole_max
+        try:
+            with torch.no_grad():
+                return rule(model.weights, model.x, model.y)[0]
+        finally:
+            ctpc.fused.WHOLE_STEPS_MAX = default
     return run
 
 
@@ -259,6 +273,17 @@ def main():
             results.setdefault("fused_compile_s", {})[key] = time.perf_counter() - t0
             print(key, "fused: compiled in", round(results["fused_compile_s"][key], 1), "s",
                   flush=True)
+        for name, whole_max in (("fused-whole", 10 ** 9), ("fused-chunked", "chunk")):
+            if name in variants:
+                if whole_max == "chunk":
+                    import ctpc.fused
+                    whole_max = ctpc.fused.CHUNK_STEPS
+                t0 = time.perf_counter()
+                fns[name] = ctpc_rule(config(n, l, t, b), fused=True, whole_max=whole_max)
+                fns[name]()
+                compile_s = time.perf_counter() - t0
+                results.setdefault(f"{name.replace('-', '_')}_compile_s", {})[key] = compile_s
+                print(key, f"{name}: compiled in", round(compile_s, 1), "s", flush=True)
         if "simulate" in variants:
             fns["simulate"] = ctpc_simulate(config(n, l, t, b, record=None))
         if "simulate-1slot" in variants:
@@ -275,8 +300,9 @@ def main():
             fns["jax"] = jax_step(n, l, t, b)
         if "loop" in fns and "compiled" in fns:
             check_same(fns["loop"], fns["compiled"])
-        if "loop" in fns and "fused" in fns:
-            check_same(fns["loop"], fns["fused"])
+        for name in ("fused", "fused-whole", "fused-chunked"):
+            if "loop" in fns and name in fns:
+                check_same(fns["loop"], fns[name])
         results["cells"][key] = median_interleaved(fns, a.repeats, sync)
         print(key, {k: round(v, 3) for k, v in results["cells"][key].items()}, flush=True)
     if "stream" in variants:

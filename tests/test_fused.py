@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import ctpc
+import ctpc.fused as fused_mod
 from ctpc.training import train_replicas
 from ctpc.training.rules import FusedInferenceRule, InferenceRule, PlasticRule
 from ctpc.training.setup import build_training
@@ -57,8 +58,48 @@ CASES = {
 def test_fused_update_equals_the_eager_rule(case):
     """Gradients and every statistic of one update: the compiled presentation against the
     eager rule (start, integrate, read-out) on the same weights and batch."""
-    fused = build_training(ctpc.load_config(config(**CASES[case])))
-    eager = build_training(ctpc.load_config(config(integrator__compile=False, **CASES[case])))
+    stats = _check_fused_update(CASES[case])
+    if case == "linear-depth2-pc":
+        assert float(stats.lam_norm.abs().max()) == 0.0
+
+
+def test_chunked_presentation_equals_the_eager_rule(monkeypatch):
+    """A presentation of more than WHOLE_STEPS_MAX steps runs as a head (start and the first
+    chunk), middle chunks (one program, called repeatedly) and a tail (the last steps and the
+    read-out), so its compile time does not grow with T; the numbers are the eager rule's.
+    Chunks of 2 steps and T = 7: head 2, two middle chunks, tail 1; two primal steps per dual
+    and post_dual, so the dual update at every chunk boundary and on the very last step is
+    exercised."""
+    monkeypatch.setattr(fused_mod, "WHOLE_STEPS_MAX", 2)
+    monkeypatch.setattr(fused_mod, "CHUNK_STEPS", 2)
+    assert fused_mod.pieces(7) == [2, 2, 2, 1]
+    calls = fused_mod.compiled.cache_info()
+    _check_fused_update({"integrator__budget": 7, "integrator__inner_steps": 2,
+                         "integrator__weight_credit_timing": "post_dual"})
+    # the head, middle and tail programs were asked for, not the one-program presentation
+    asked = fused_mod.compiled.cache_info()
+    assert asked.hits + asked.misses == calls.hits + calls.misses + 4
+
+
+def test_pieces():
+    """pieces(n): one program up to WHOLE_STEPS_MAX steps, else chunks of CHUNK_STEPS and one
+    of the rest; they add up to n."""
+    whole, chunk = fused_mod.WHOLE_STEPS_MAX, fused_mod.CHUNK_STEPS
+    assert chunk <= whole
+    for n in range(1, 5 * whole):
+        programs = fused_mod.pieces(n)
+        assert sum(programs) == n and all(m >= 1 for m in programs)
+        assert programs == [n] if n <= whole else max(programs) == chunk
+    assert fused_mod.pieces(256) == [16] * 16
+    assert fused_mod.pieces(65) == [16] * 4 + [1]
+    assert fused_mod.pieces(64) == [64]
+
+
+def _check_fused_update(over: dict):
+    """One update of the config with ``over``: compiled against eager, to TOL; returns the
+    compiled rule's statistics."""
+    fused = build_training(ctpc.load_config(config(**over)))
+    eager = build_training(ctpc.load_config(config(**{**over, "integrator__compile": False})))
     assert isinstance(fused.rule, FusedInferenceRule)
     assert type(eager.rule) is InferenceRule
     x, y = fused.train.x[:4][None], fused.train.y[:4][None]
@@ -73,8 +114,7 @@ def test_fused_update_equals_the_eager_rule(case):
         a, b = getattr(st_f, name), getattr(st_e, name)
         assert a.shape == b.shape, name
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=TOL, atol=1e-15, err_msg=name)
-    if case == "linear-depth2-pc":
-        assert float(st_f.lam_norm.abs().max()) == 0.0
+    return st_f
 
 
 def test_fused_training_equals_eager_training_for_replicas():
@@ -136,11 +176,15 @@ def test_no_compiler_is_exit_2_before_training(tmp_path):
     assert not (tmp_path / "o.nc").exists()
 
 
-def test_compiled_chunks_of_steps_equal_eager():
+def test_compiled_chunks_of_steps_equal_eager(monkeypatch):
     """make_solver(compile=True): chunks of steps with nothing observed between them (what
     ctpc.engine.integrate runs without an observer) run ctpc.fused.steps compiled; the final
     state and network pass equal the eager steps'. Checked every 4 of 8 steps, so the second
-    chunk ends the run (no dual update on the last step: pre_dual)."""
+    chunk ends the run (no dual update on the last step: pre_dual); with programs of at most 3
+    steps each chunk of 4 runs as programs of 3 and 1 steps (the dual update between them
+    kept)."""
+    monkeypatch.setattr(fused_mod, "WHOLE_STEPS_MAX", 3)
+    monkeypatch.setattr(fused_mod, "CHUNK_STEPS", 3)
     from ctpc.engine import integrate
     from ctpc.fused import compiled
     from ctpc.integrators import make_solver

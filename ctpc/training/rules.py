@@ -15,7 +15,7 @@ import torch
 
 from ..dynamics import POP_LAM, Dynamics, Rates
 from ..engine import integrate
-from ..fused import compiled, is_small
+from ..fused import is_small, run_presentation
 from ..network import Network, Weights, rms_norm
 from ..reference import forward_layers, mse_loss
 from .plasticity import final_weights
@@ -101,10 +101,9 @@ class FusedInferenceRule(InferenceRule):
         if x.shape[1] != self.batch_size:
             return super().__call__(w, x, y)
         net, solver = self.dyn.net, self.solver
-        fn = compiled("presentation", x.device.type, is_small(net.width, y.shape[-1]))
-        g_in, g_mid, g_out, loss0, energy, res, lam, credit = fn(
-            w.w_in, w.w_mid, w.w_out, x, y, *self._rate_tensors(x),
-            s_in=net.s_in, s_mid=net.s_mid, s_out=net.s_out, activation=net.activation,
+        g_in, g_mid, g_out, loss0, energy, res, lam, credit = run_presentation(
+            w.w_in, w.w_mid, w.w_out, x, y, *self._rate_tensors(x), device_type=x.device.type,
+            small=is_small(net.width, y.shape[-1]), s_in=net.s_in, s_mid=net.s_mid, s_out=net.s_out, activation=net.activation,
             n_steps=self.n_steps, inner_steps=solver.inner_steps, final_dual=solver.final_dual)
         return Weights(g_in, g_mid, g_out), UpdateStats(loss0, energy, res, lam, credit)
 
