@@ -143,8 +143,8 @@ class IntegratorConfig(_Strict):
     weight_credit_timing: Literal["pre_dual", "post_dual"] = "pre_dual"
     check_every: int = Field(64, ge=1, description="steps between divergence checks (syncs)")
     compile: bool = Field(False, description="training on the CPU runs each presentation as "
-                          "one torch.compile'd program (a one-off compile cost; see "
-                          "docs/benchmarks.md); simulate runs eagerly")
+                          "one torch.compile'd program (over 64 steps, programs of 16 steps; a "
+                          "one-off compile cost, see docs/benchmarks.md); simulate runs eagerly")
     divergence_bound: float = Field(1e6, gt=0, description="|state| above this = diverged")
     growth_bound: float = Field(
         1e3, gt=1, allow_inf_nan=True,
