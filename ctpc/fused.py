@@ -147,13 +147,11 @@ def presentation(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float, s_mi
     batch of each sample's norm at the end (what :class:`ctpc.training.rules.UpdateStats`
     holds). :func:`run_presentation` computes the same as several programs when ``n_steps`` >
     :data:`WHOLE_STEPS_MAX`."""
-    h, a, out_err, drive, y_t, loss0 = _start(w_in, w_mid, w_out, x, y, s_in=s_in, s_mid=s_mid,
-                                              s_out=s_out, activation=activation)
-    h, lam, r, a, out_err = steps(
-        h, torch.zeros_like(h), torch.zeros_like(h), a, out_err, drive, y_t, w_mid, w_out, rho,
-        c_h, c_lam, s_mid=s_mid, s_out=s_out, activation=activation, n_steps=n_steps,
-        inner_steps=inner_steps, dual_after_last=final_dual)
-    return _readout(h, lam, r, a, out_err, x, rho, loss0, s_in=s_in, s_mid=s_mid, s_out=s_out)
+    scales = {"s_in": s_in, "s_mid": s_mid, "s_out": s_out, "activation": activation,
+              "inner_steps": inner_steps}
+    start = presentation_head(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, n_steps=0, **scales)
+    return presentation_tail(*start, x, w_mid, w_out, rho, c_h, c_lam, n_steps=n_steps,
+                             final_dual=final_dual, **scales)
 
 
 def presentation_head(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float, s_mid: float,
