@@ -26,9 +26,9 @@ observes the steps it records and does not use it). A program unrolls its steps,
 time grows with them: runs of more than :data:`WHOLE_STEPS_MAX` steps are split into programs of
 :data:`CHUNK_STEPS` steps (:func:`pieces`; :func:`run_presentation`: a head with the start, one
 middle program called as often as needed, a tail with the read-out), so the compile time of a
-long run no longer grows with its length. Its arithmetic
-is that of :meth:`ctpc.integrators.GaussSeidel.step` and :meth:`ctpc.network.Network.
-weight_gradients` in another summation order: they agree to round-off (tests/test_fused.py,
+long run no longer grows with its length. The arithmetic of :func:`steps` is that of
+:meth:`ctpc.integrators.GaussSeidel.step` and :meth:`ctpc.network.Network.weight_gradients` in
+another summation order: they agree to round-off (tests/test_fused.py,
 float64). Not covered (the caller falls back to the eager loop):
 leaky error neurons, explicit RK schemes, continuous plasticity.
 """
@@ -46,8 +46,8 @@ UNROLL_MAX = 16
 # Programs unroll their steps, so their compile time grows with the steps (cold, on the 2-core
 # benchmark machine: ~90 s at 64 steps, ~400 s at 256). Up to WHOLE_STEPS_MAX steps a
 # presentation (or an unobserved run of a compiling solver) is one program; longer ones run as
-# programs of CHUNK_STEPS steps (~70 s to compile whatever the length), ~10 % slower per update
-# than one program (a call of a compiled program costs ~70 us; docs/benchmarks.md).
+# programs of CHUNK_STEPS steps (~70 s to compile whatever the length), 6-16 % slower per
+# update than one program (docs/benchmarks.md, "Long presentations in chunks").
 WHOLE_STEPS_MAX = 64
 CHUNK_STEPS = 16
 # dynamo keeps at most this many compiled variants per function; a grid sweep compiles one per
@@ -192,28 +192,30 @@ def pieces(n_steps: int) -> list[int]:
 
 
 def run_presentation(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, device_type: str,
-                     small: bool, **static):
+                     small: bool, s_in: float, s_mid: float, s_out: float, activation: str,
+                     n_steps: int, inner_steps: int, final_dual: bool):
     """:func:`presentation`, compiled. Up to :data:`WHOLE_STEPS_MAX` steps it is one program;
     a longer presentation runs as a head (the start and the first :data:`CHUNK_STEPS` steps),
     middle chunks of :data:`CHUNK_STEPS` steps (one program, called as often as needed) and a
     tail (the last steps and the read-out), so its compile time does not grow with the run
     length (programs unroll their steps). ``device_type``, ``small``: as :func:`compiled`;
-    ``static``: the keyword arguments of :func:`presentation`."""
-    programs = pieces(static["n_steps"])
+    the other arguments as :func:`presentation`."""
+    program = lambda name: compiled(name, device_type, small)
+    weights_rates = (w_mid, w_out, rho, c_h, c_lam)
+    step_kw = {"s_mid": s_mid, "s_out": s_out, "activation": activation,
+               "inner_steps": inner_steps}
+    programs = pieces(n_steps)
     if len(programs) == 1:
-        return compiled("presentation", device_type, small)(
-            w_in, w_mid, w_out, x, y, rho, c_h, c_lam, **static)
+        return program("presentation")(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, s_in=s_in,
+                                       n_steps=n_steps, final_dual=final_dual, **step_kw)
     head, *middle, tail = programs
-    step_static = {k: static[k] for k in ("s_mid", "s_out", "activation", "inner_steps")}
-    head_static = {k: v for k, v in static.items() if k != "final_dual"}
-    *carry, drive, y_t, loss0 = compiled("presentation_head", device_type, small)(
-        w_in, w_mid, w_out, x, y, rho, c_h, c_lam, **dict(head_static, n_steps=head))
+    *carry, drive, y_t, loss0 = program("presentation_head")(
+        w_in, w_mid, w_out, x, y, rho, c_h, c_lam, s_in=s_in, n_steps=head, **step_kw)
     for n in middle:
-        carry = compiled("steps", device_type, small)(
-            *carry, drive, y_t, w_mid, w_out, rho, c_h, c_lam, n_steps=n, dual_after_last=True,
-            **step_static)
-    return compiled("presentation_tail", device_type, small)(
-        *carry, drive, y_t, loss0, x, w_mid, w_out, rho, c_h, c_lam, **dict(static, n_steps=tail))
+        carry = program("steps")(*carry, drive, y_t, *weights_rates, n_steps=n,
+                                 dual_after_last=True, **step_kw)
+    return program("presentation_tail")(*carry, drive, y_t, loss0, x, *weights_rates, s_in=s_in,
+                                        n_steps=tail, final_dual=final_dual, **step_kw)
 
 
 def _start(w_in, w_mid, w_out, x, y, *, s_in: float, s_mid: float, s_out: float,

@@ -27,7 +27,6 @@ import torch
 
 from .dynamics import POP_ERR, POP_H, POP_LAM, Dynamics, Params, Scalar
 from . import fused
-from .fused import compiled, is_small
 from .network import Residuals
 from .schemes import SchemeInfo, scheme as scheme_info
 
@@ -266,7 +265,8 @@ def _compiled_advance(solver: "GaussSeidel", c: GSCarry, p: Params, n: int,
     """n steps by the compiled pure form of the step (:func:`ctpc.fused.steps`; as
     :func:`ctpc.fused.pieces` splits them), written back into the carry's buffers."""
     net = solver.dyn.net
-    fn = compiled("steps_batch_layout", c.h.device.type, is_small(net.width, c.out_err.shape[-1]))
+    fn = fused.compiled("steps_batch_layout", c.h.device.type,
+                        fused.is_small(net.width, c.out_err.shape[-1]))
     as_t = lambda v: torch.as_tensor(v, device=c.h.device, dtype=c.h.dtype)
     k = p.rates
     rates = as_t(k.rho), as_t(solver.dt * k.k_h), as_t(solver.dt * k.k_lam)

@@ -246,6 +246,7 @@ def main():
         has_jax = True
     except ImportError:
         has_jax = False
+    from ctpc.fused import CHUNK_STEPS
     variants = a.variants.split(",")
     cells = list(CELLS) if a.cells == "all" else a.cells.split(";")
     results = {"machine": platform.processor() or platform.machine(),
@@ -273,11 +274,8 @@ def main():
             results.setdefault("fused_compile_s", {})[key] = time.perf_counter() - t0
             print(key, "fused: compiled in", round(results["fused_compile_s"][key], 1), "s",
                   flush=True)
-        for name, whole_max in (("fused-whole", 10 ** 9), ("fused-chunked", "chunk")):
+        for name, whole_max in (("fused-whole", 10 ** 9), ("fused-chunked", CHUNK_STEPS)):
             if name in variants:
-                if whole_max == "chunk":
-                    import ctpc.fused
-                    whole_max = ctpc.fused.CHUNK_STEPS
                 t0 = time.perf_counter()
                 fns[name] = ctpc_rule(config(n, l, t, b), fused=True, whole_max=whole_max)
                 fns[name]()

@@ -89,7 +89,7 @@ def test_pieces():
     for n in range(1, 5 * whole):
         programs = fused_mod.pieces(n)
         assert sum(programs) == n and all(m >= 1 for m in programs)
-        assert programs == [n] if n <= whole else max(programs) == chunk
+        assert (programs == [n]) if n <= whole else (max(programs) == chunk)
     assert fused_mod.pieces(256) == [16] * 16
     assert fused_mod.pieces(65) == [16] * 4 + [1]
     assert fused_mod.pieces(64) == [64]

@@ -103,8 +103,9 @@ class FusedInferenceRule(InferenceRule):
         net, solver = self.dyn.net, self.solver
         g_in, g_mid, g_out, loss0, energy, res, lam, credit = run_presentation(
             w.w_in, w.w_mid, w.w_out, x, y, *self._rate_tensors(x), device_type=x.device.type,
-            small=is_small(net.width, y.shape[-1]), s_in=net.s_in, s_mid=net.s_mid, s_out=net.s_out, activation=net.activation,
-            n_steps=self.n_steps, inner_steps=solver.inner_steps, final_dual=solver.final_dual)
+            small=is_small(net.width, y.shape[-1]), s_in=net.s_in, s_mid=net.s_mid,
+            s_out=net.s_out, activation=net.activation, n_steps=self.n_steps,
+            inner_steps=solver.inner_steps, final_dual=solver.final_dual)
         return Weights(g_in, g_mid, g_out), UpdateStats(loss0, energy, res, lam, credit)
 
     def _rate_tensors(self, x: torch.Tensor) -> tuple:
