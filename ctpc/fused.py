@@ -26,7 +26,10 @@ observes the steps it records and does not use it). A program unrolls its steps,
 time grows with them: runs of more than :data:`WHOLE_STEPS_MAX` steps are split into programs of
 :data:`CHUNK_STEPS` steps (:func:`pieces`; :func:`run_presentation`: a head with the start, one
 middle program called as often as needed, a tail with the read-out), so the compile time of a
-long run no longer grows with its length. The arithmetic of :func:`steps` is that of
+long run no longer grows with its length. With ``integrator.compile: loop`` a presentation is
+instead one program whose steps are a loop (:func:`presentation_loop`, ``torch.while_loop``):
+one step's code, compiled in seconds whatever the length, at 7-16 % more time per update than
+unrolled steps. The arithmetic of :func:`steps` is that of
 :meth:`ctpc.integrators.GaussSeidel.step` and :meth:`ctpc.network.Network.weight_gradients` in
 another summation order: they agree to round-off (tests/test_fused.py,
 float64). Not covered (the caller falls back to the eager loop):
@@ -182,6 +185,32 @@ def presentation_tail(h, lam, r, a, out_err, drive, y_t, loss0, x, w_mid, w_out,
     return _readout(h, lam, r, a, out_err, x, rho, loss0, s_in=s_in, s_mid=s_mid, s_out=s_out)
 
 
+def presentation_loop(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float,
+                      s_mid: float, s_out: float, activation: str, n_steps: int,
+                      inner_steps: int, final_dual: bool):
+    """:func:`presentation` with its steps as a loop inside the program instead of unrolled:
+    the first ``n_steps - 1`` steps (each updating lam) are a ``torch.while_loop`` over one
+    step, the last step (lam updated if ``final_dual``) follows it. The program holds the code
+    of two steps whatever ``n_steps``, so it compiles in seconds; the loop carries its state
+    through buffers the unrolled program does not need (7-16 % more time per update,
+    docs/benchmarks.md). Same arguments, returns and arithmetic as :func:`presentation`."""
+    static = {"s_mid": s_mid, "s_out": s_out, "activation": activation,
+              "inner_steps": inner_steps}
+    h, a, out_err, drive, y_t, loss0 = _start(w_in, w_mid, w_out, x, y, s_in=s_in, s_mid=s_mid,
+                                              s_out=s_out, activation=activation)
+
+    def step(h, lam, r, a, out_err, *, dual: bool):
+        return steps(h, lam, r, a, out_err, drive, y_t, w_mid, w_out, rho, c_h, c_lam,
+                     n_steps=1, dual_after_last=dual, **static)
+
+    start = (torch.zeros((), dtype=torch.int64, device=h.device), h, torch.zeros_like(h),
+             torch.zeros_like(h), a, out_err)
+    _, *carry = torch.while_loop(lambda i, *_: i < n_steps - 1,
+                                 lambda i, *c: (i + 1, *step(*c, dual=True)), start)
+    h, lam, r, a, out_err = step(*carry, dual=final_dual)
+    return _readout(h, lam, r, a, out_err, x, rho, loss0, s_in=s_in, s_mid=s_mid, s_out=s_out)
+
+
 def pieces(n_steps: int) -> list[int]:
     """The programs ``n_steps`` unobserved steps run as: one of ``n_steps`` up to
     :data:`WHOLE_STEPS_MAX`, else programs of :data:`CHUNK_STEPS` steps and one of the rest."""
@@ -192,18 +221,26 @@ def pieces(n_steps: int) -> list[int]:
 
 
 def run_presentation(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, device_type: str,
-                     small: bool, s_in: float, s_mid: float, s_out: float, activation: str,
-                     n_steps: int, inner_steps: int, final_dual: bool):
-    """:func:`presentation`, compiled. Up to :data:`WHOLE_STEPS_MAX` steps it is one program;
-    a longer presentation runs as a head (the start and the first :data:`CHUNK_STEPS` steps),
-    middle chunks of :data:`CHUNK_STEPS` steps (one program, called as often as needed) and a
-    tail (the last steps and the read-out), so its compile time does not grow with the run
-    length (programs unroll their steps). ``device_type``, ``small``: as :func:`compiled`;
-    the other arguments as :func:`presentation`."""
+                     small: bool, mode: str = "unrolled", s_in: float, s_mid: float,
+                     s_out: float, activation: str, n_steps: int, inner_steps: int,
+                     final_dual: bool):
+    """:func:`presentation`, compiled. ``mode`` ``"unrolled"``: up to :data:`WHOLE_STEPS_MAX`
+    steps it is one program; a longer presentation runs as a head (the start and the first
+    :data:`CHUNK_STEPS` steps), middle chunks of :data:`CHUNK_STEPS` steps (one program,
+    called as often as needed) and a tail (the last steps and the read-out), so its compile
+    time does not grow with the run length (programs unroll their steps). ``mode``
+    ``"loop"``: one program of any length, :func:`presentation_loop`. ``device_type``,
+    ``small``: as :func:`compiled`; the other arguments as :func:`presentation`."""
     program = lambda name: compiled(name, device_type, small)
     weights_rates = (w_mid, w_out, rho, c_h, c_lam)
     step_kw = {"s_mid": s_mid, "s_out": s_out, "activation": activation,
                "inner_steps": inner_steps}
+    if mode == "loop":
+        return program("presentation_loop")(w_in, w_mid, w_out, x, y, rho, c_h, c_lam,
+                                            s_in=s_in, n_steps=n_steps, final_dual=final_dual,
+                                            **step_kw)
+    if mode != "unrolled":
+        raise ValueError(f"mode must be 'unrolled' or 'loop', got {mode!r}")
     programs = pieces(n_steps)
     if len(programs) == 1:
         return program("presentation")(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, s_in=s_in,
@@ -259,7 +296,8 @@ def _half_mean_square(out_err: torch.Tensor) -> torch.Tensor:
 @functools.cache
 def compiled(fn_name: str, device_type: str, small: bool):
     """The compiled ``fn_name`` (:func:`presentation`, :func:`presentation_head`,
-    :func:`steps`, :func:`presentation_tail` or :func:`steps_batch_layout`) for a
+    :func:`steps`, :func:`presentation_tail`, :func:`steps_batch_layout` or
+    :func:`presentation_loop`) for a
     device type. On the CPU, for small widths (``small``: every contraction unrolled), the
     generated code runs on one thread with a C++ wrapper: its loops take a few microseconds
     each, less than waking a second thread, and the wrapper saves the Python call of every
@@ -269,7 +307,7 @@ def compiled(fn_name: str, device_type: str, small: bool):
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
     options = {"cpp_wrapper": True, "cpp.threads": 1} if device_type == "cpu" and small else {}
     fn = {f.__name__: f for f in (presentation, presentation_head, presentation_tail, steps,
-                                  steps_batch_layout)}[fn_name]
+                                  steps_batch_layout, presentation_loop)}[fn_name]
     return torch.compile(fn, dynamic=False, fullgraph=True, options=options)
 
 

@@ -17,6 +17,9 @@ Variants (each checked to compute the same read-out before it is timed):
                 its compile time grows with T)
   fused-chunked the same in programs of CHUNK_STEPS steps however few steps
                 (WHOLE_STEPS_MAX = CHUNK_STEPS)
+  fused-loop    the same with integrator.compile: loop: one program whose steps are a
+                torch.while_loop over one step's code instead of unrolled (compiles in
+                seconds whatever T)
   simulate      ctpc.simulate with the default recording (per-layer summaries and the traces of
                 sample 0 at every step), end to end (build, BP reference, dataset)
   simulate-1slot the default recording summarised one slot at a time (RECORD_CHUNK_BYTES = 1:
@@ -97,11 +100,12 @@ def ctpc_loop(cfgs, check: bool):
     return run
 
 
-def ctpc_rule(cfg, fused: bool, whole_max: int | None = None):
+def ctpc_rule(cfg, fused: bool, whole_max: int | None = None, mode: str = "unrolled"):
     """One training update's rule call (inference + read-out + statistics, no optimiser): the
     eager :class:`InferenceRule`, or with ``fused`` the whole presentation compiled
     (:mod:`ctpc.fused`, what training with integrator.compile: true runs); ``whole_max``:
-    ``ctpc.fused.WHOLE_STEPS_MAX`` for this variant's calls."""
+    ``ctpc.fused.WHOLE_STEPS_MAX`` for this variant's calls; ``mode``: integrator.compile's
+    'unrolled' (true) or 'loop'."""
     import torch
 
     import ctpc
@@ -115,7 +119,7 @@ def ctpc_rule(cfg, fused: bool, whole_max: int | None = None):
     it = loaded.integrator
     solver = make_solver(model.dyn, it.scheme, model.dt)
     args = (model.dyn, solver, it.n_steps, model.rates, "pcalm")
-    rule = (FusedInferenceRule(*args, batch_size=model.x.shape[1]) if fused
+    rule = (FusedInferenceRule(*args, batch_size=model.x.shape[1], mode=mode) if fused
             else InferenceRule(*args))
 
     def run():
@@ -274,6 +278,13 @@ def main():
             results.setdefault("fused_compile_s", {})[key] = time.perf_counter() - t0
             print(key, "fused: compiled in", round(results["fused_compile_s"][key], 1), "s",
                   flush=True)
+        if "fused-loop" in variants:
+            t0 = time.perf_counter()
+            fns["fused-loop"] = ctpc_rule(config(n, l, t, b), fused=True, mode="loop")
+            fns["fused-loop"]()
+            results.setdefault("fused_loop_compile_s", {})[key] = time.perf_counter() - t0
+            print(key, "fused-loop: compiled in", round(results["fused_loop_compile_s"][key], 1),
+                  "s", flush=True)
         for name, whole_max in (("fused-whole", 10 ** 9), ("fused-chunked", CHUNK_STEPS)):
             if name in variants:
                 t0 = time.perf_counter()
@@ -298,7 +309,7 @@ def main():
             fns["jax"] = jax_step(n, l, t, b)
         if "loop" in fns and "compiled" in fns:
             check_same(fns["loop"], fns["compiled"])
-        for name in ("fused", "fused-whole", "fused-chunked"):
+        for name in ("fused", "fused-whole", "fused-chunked", "fused-loop"):
             if "loop" in fns and name in fns:
                 check_same(fns["loop"], fns[name])
         results["cells"][key] = median_interleaved(fns, a.repeats, sync)

@@ -1,6 +1,8 @@
-"""integrator.compile: true. Training runs the whole presentation as one compiled program
-(ctpc.fused.presentation), and a solver made with compile runs unobserved chunks of steps
-compiled (ctpc.fused.steps); both must give the eager numbers up to round-off.
+"""integrator.compile: true (or 'unrolled') and 'loop'. Training runs the whole presentation
+as one compiled program (ctpc.fused.presentation, its steps unrolled, or chunks of it; with
+'loop' ctpc.fused.presentation_loop, its steps a while_loop), and a solver made with compile
+runs unobserved chunks of steps compiled (ctpc.fused.steps); all must give the eager numbers up
+to round-off.
 
 Tolerance (float64): the compiled programs do the same arithmetic in another summation order
 (unrolled sums over k, sums over the batch on the vector lanes), ~1e-16 relative per operation,
@@ -81,6 +83,28 @@ def test_chunked_presentation_equals_the_eager_rule(monkeypatch):
     assert asked.hits + asked.misses == calls.hits + calls.misses + 4
 
 
+LOOP_CASES = {
+    # 7 steps: the loop runs 6 (each updating lam), then the last step (post_dual: lam too);
+    # two primal steps per dual step; every contraction unrolled
+    "relu-T7-inner2-post": {"integrator__budget": 7, "integrator__inner_steps": 2,
+                            "integrator__weight_credit_timing": "post_dual"},
+    # one step: the loop runs zero times; batched products (N = 20 > 16); pre_dual
+    "tanh-wide-T1": {"network__activation": "tanh", "network__width": 20,
+                     "integrator__budget": 1},
+}
+
+
+@pytest.mark.parametrize("case", list(LOOP_CASES))
+def test_looped_presentation_equals_the_eager_rule(case, monkeypatch):
+    """integrator.compile: loop runs the presentation as one program whose steps are a
+    while_loop (ctpc.fused.presentation_loop); the numbers are the eager rule's."""
+    asked, compiled = [], fused_mod.compiled
+    monkeypatch.setattr(fused_mod, "compiled",
+                        lambda name, *rest: asked.append(name) or compiled(name, *rest))
+    _check_fused_update({**LOOP_CASES[case], "integrator__compile": "loop"})
+    assert asked == ["presentation_loop"]
+
+
 def test_pieces():
     """pieces(n): one program up to WHOLE_STEPS_MAX steps, else chunks of CHUNK_STEPS and one
     of the rest; they add up to n."""
@@ -117,10 +141,12 @@ def _check_fused_update(over: dict):
     return st_f
 
 
-def test_fused_training_equals_eager_training_for_replicas():
+@pytest.mark.parametrize("mode", [True, "loop"])
+def test_fused_training_equals_eager_training_for_replicas(mode):
     """Two replicas with different rho, state_lr (so dt k_h) and seeds trained for 3 updates
     with Adam: same losses, statistics, probe alignment (a batch of another size, which the
-    fused rule leaves to the eager one) and final weights."""
+    fused rule leaves to the eager one) and final weights; the unrolled and the looped
+    program (per-replica rates reach the loop's body as [R, 1, 1] tensors)."""
     over = [{"seed": 0, "dynamics": {"rho": 0.7, "state_lr": 0.25}},
             {"seed": 1, "dynamics": {"rho": 1.3, "state_lr": 0.4}}]
 
@@ -133,7 +159,7 @@ def test_fused_training_equals_eager_training_for_replicas():
             cfgs.append(ctpc.load_config(c))
         return train_replicas(cfgs)
 
-    for (ds_f, w_f), (ds_e, w_e) in zip(run(True), run(False)):
+    for (ds_f, w_f), (ds_e, w_e) in zip(run(mode), run(False)):
         for v in ("train_loss", "energy", "res_norm", "lam_norm", "credit_norm", "grad_norm",
                   "bp_cos"):
             np.testing.assert_allclose(ds_f[v].values, ds_e[v].values, rtol=TOL, atol=1e-15,
@@ -148,8 +174,12 @@ def test_which_rule_runs():
     """The fused program serves what it implements; everything else keeps the eager rule."""
     def rule(**over):
         return build_training(ctpc.load_config(config(**over))).rule
-    assert isinstance(rule(), FusedInferenceRule)
+    assert isinstance(rule(), FusedInferenceRule) and rule().mode == "unrolled"
+    assert rule(integrator__compile="unrolled").mode == "unrolled"
+    assert rule(integrator__compile="loop").mode == "loop"
     assert type(rule(integrator__compile=False)) is InferenceRule
+    with pytest.raises(ctpc.ConfigError, match="integrator.compile"):
+        rule(integrator__compile="loops")
     assert isinstance(rule(integrator__scheme="semi_implicit", integrator__budget=None,
                            integrator__steps=3), FusedInferenceRule)
     assert type(rule(integrator__scheme="rk4", integrator__budget=None, integrator__steps=3,

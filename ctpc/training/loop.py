@@ -223,8 +223,9 @@ class Trainer:
         done = st.update
         if self.progress and getattr(s.rule, "compiles", False) and done < s.total_updates:
             # the first rule call (update or evaluation probe) builds the compiled program
-            print("ctpc: compiling the presentation (integrator.compile: true): a one-off "
-                  "build, up to minutes on a cold cache", file=sys.stderr, flush=True)
+            took = "seconds" if s.rule.mode == "loop" else "up to minutes"
+            print(f"ctpc: compiling the presentation (integrator.compile, {s.rule.mode} steps): "
+                  f"a one-off build, {took} on a cold cache", file=sys.stderr, flush=True)
         if done == 0 and not st.evals:
             st.evals.append(self._evaluate(0))
         bar = tqdm(total=s.total_updates, initial=done, unit="update", leave=False,

@@ -85,16 +85,18 @@ class InferenceRule:
 
 class FusedInferenceRule(InferenceRule):
     """:class:`InferenceRule` with the whole presentation (start, steps, read-out, statistics)
-    as one compiled program (:mod:`ctpc.fused`), for batches of ``batch_size`` samples;
+    as one compiled program (:mod:`ctpc.fused`; ``mode``: ``integrator.compile``'s
+    'unrolled' or 'loop', see :func:`ctpc.fused.run_presentation`), for batches of
+    ``batch_size`` samples;
     batches of another size (an alignment probe with its own ``training.probe_size``) run the
     eager rule, so they compile nothing. The same numbers as the eager rule up to round-off
     (another summation order)."""
     compiles = True     # the first call builds the program (the training loop says so)
 
     def __init__(self, dyn: Dynamics, solver, n_steps: int, rates: Rates, method: str,
-                 batch_size: int):
+                 batch_size: int, mode: str = "unrolled"):
         super().__init__(dyn, solver, n_steps, rates, method)
-        self.batch_size = batch_size
+        self.batch_size, self.mode = batch_size, mode
         self._rates_key, self._rates_t = None, ()
 
     def __call__(self, w: Weights, x: torch.Tensor, y: torch.Tensor):
@@ -103,8 +105,8 @@ class FusedInferenceRule(InferenceRule):
         net, solver = self.dyn.net, self.solver
         g_in, g_mid, g_out, loss0, energy, res, lam, credit = run_presentation(
             w.w_in, w.w_mid, w.w_out, x, y, *self._rate_tensors(x), device_type=x.device.type,
-            small=is_small(net.width, y.shape[-1]), s_in=net.s_in, s_mid=net.s_mid,
-            s_out=net.s_out, activation=net.activation, n_steps=self.n_steps,
+            small=is_small(net.width, y.shape[-1]), mode=self.mode, s_in=net.s_in,
+            s_mid=net.s_mid, s_out=net.s_out, activation=net.activation, n_steps=self.n_steps,
             inner_steps=solver.inner_steps, final_dual=solver.final_dual)
         return Weights(g_in, g_mid, g_out), UpdateStats(loss0, energy, res, lam, credit)
 

@@ -93,7 +93,7 @@ def make_rule(cfg: Config, model: Model):
     if fusable(cfg, solver, model.x.device):
         check_compiler()
         return FusedInferenceRule(model.dyn, solver, it.n_steps, model.rates,
-                                  cfg.dynamics.method, cfg.data.batch_size)
+                                  cfg.dynamics.method, cfg.data.batch_size, it.compile_mode)
     rule = InferenceRule(model.dyn, solver, it.n_steps, model.rates, cfg.dynamics.method)
     if t.plasticity == "continuous":
         return PlasticRule(rule, plastic_solver(solver, t.tau_w))
@@ -102,10 +102,11 @@ def make_rule(cfg: Config, model: Model):
 
 def fusable(cfg: Config, solver, device: torch.device) -> bool:
     """Whether a training update runs as one compiled presentation (:mod:`ctpc.fused`):
-    ``integrator.compile: true`` on the CPU, a Gauss-Seidel scheme, instantaneous error
-    neurons, no continuous plasticity. (Elsewhere compile is ignored by training.)"""
-    return (cfg.integrator.compile and isinstance(solver, GaussSeidel) and not solver.dyn.leaky
-            and training_config(cfg).plasticity != "continuous"
+    ``integrator.compile`` (true, 'unrolled' or 'loop') on the CPU, a Gauss-Seidel scheme,
+    instantaneous error neurons, no continuous plasticity. (Elsewhere compile is ignored by
+    training.)"""
+    return (cfg.integrator.compile_mode is not None and isinstance(solver, GaussSeidel)
+            and not solver.dyn.leaky and training_config(cfg).plasticity != "continuous"
             and device.type == "cpu")
 
 
