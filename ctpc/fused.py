@@ -190,14 +190,16 @@ def presentation_loop(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float,
                       inner_steps: int, final_dual: bool):
     """:func:`presentation` with its steps as a loop inside the program instead of unrolled:
     the first ``n_steps - 1`` steps (each updating lam) are a ``torch.while_loop`` over one
-    step, the last step (lam updated if ``final_dual``) follows it. The program holds the code
-    of two steps whatever ``n_steps``, so it compiles in seconds; the loop carries its state
+    step, the last step (lam updated if ``final_dual``) follows it, and the feed-forward start
+    is a scan over the layers. The program holds the code of two steps and one layer whatever
+    ``n_steps`` and the depth, so it compiles in seconds; the loop carries its state
     through buffers the unrolled program does not need (7-16 % more time per update,
     docs/benchmarks.md). Same arguments, returns and arithmetic as :func:`presentation`."""
     static = {"s_mid": s_mid, "s_out": s_out, "activation": activation,
               "inner_steps": inner_steps}
     h, a, out_err, drive, y_t, loss0 = _start(w_in, w_mid, w_out, x, y, s_in=s_in, s_mid=s_mid,
-                                              s_out=s_out, activation=activation)
+                                              s_out=s_out, activation=activation,
+                                              scan_layers=True)
 
     def step(h, lam, r, a, out_err, *, dual: bool):
         return steps(h, lam, r, a, out_err, drive, y_t, w_mid, w_out, rho, c_h, c_lam,
@@ -256,17 +258,27 @@ def run_presentation(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, device_type: 
 
 
 def _start(w_in, w_mid, w_out, x, y, *, s_in: float, s_mid: float, s_out: float,
-           activation: str):
+           activation: str, scan_layers: bool = False):
     """The feed-forward start (r = 0, lam = 0) in the lanes layout: h, a [H, R, N, B],
-    out_err [R, O, B], drive = s_in W_1 x [R, N, B], y_t [R, O, B], loss0 [R]."""
-    n_hid = w_mid.shape[0] + 1
+    out_err [R, O, B], drive = s_in W_1 x [R, N, B], y_t [R, O, B], loss0 [R].
+    ``scan_layers``: the layers as a ``scan`` over ``w_mid`` (one layer's code, looped by the
+    program) instead of unrolled: the same numbers; a deep narrow network's unrolled start
+    (L - 2 unrolled products) would otherwise dominate a looped program's compile."""
     y_t = y.transpose(1, 2)                                   # [R, O, B]
     drive = s_in * torch.matmul(w_in, x.transpose(1, 2))      # [R, N, B]
-    layers = [drive]
-    for l in range(n_hid - 1):                                # the feed-forward start (r = 0)
-        layers.append(layers[-1] + s_mid * _contract(w_mid[l], phi(activation, layers[-1]),
-                                                     False))
-    h = torch.stack(layers)                                   # [H, R, N, B]
+    layer = lambda below, w: below + s_mid * _contract(w, phi(activation, below), False)
+    if scan_layers and w_mid.shape[0]:
+        from torch._higher_order_ops import scan            # (torch has no public name yet)
+
+        def scanned(below, w):
+            above = layer(below, w)
+            return above, above.clone()                       # (the carry and the output)
+        h = torch.cat([drive[None], scan(scanned, drive, w_mid)[1]])  # [H, R, N, B]
+    else:
+        layers = [drive]
+        for l in range(w_mid.shape[0]):                      # the feed-forward start (r = 0)
+            layers.append(layer(layers[-1], w_mid[l]))
+        h = torch.stack(layers)                               # [H, R, N, B]
     a = phi(activation, h)
     out_err = s_out * _contract(w_out, a[-1], False) - y_t    # y_hat - y, [R, O, B]
     return h, a, out_err, drive, y_t, _half_mean_square(out_err)

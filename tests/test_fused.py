@@ -85,12 +85,14 @@ def test_chunked_presentation_equals_the_eager_rule(monkeypatch):
 
 LOOP_CASES = {
     # 7 steps: the loop runs 6 (each updating lam), then the last step (post_dual: lam too);
-    # two primal steps per dual step; every contraction unrolled
-    "relu-T7-inner2-post": {"integrator__budget": 7, "integrator__inner_steps": 2,
-                            "integrator__weight_credit_timing": "post_dual"},
-    # one step: the loop runs zero times; batched products (N = 20 > 16); pre_dual
-    "tanh-wide-T1": {"network__activation": "tanh", "network__width": 20,
-                     "integrator__budget": 1},
+    # two primal steps per dual step; every contraction unrolled; the start scans 2 layers
+    "relu-T7-inner2-post-depth4": {"network__depth": 4, "integrator__budget": 7,
+                                   "integrator__inner_steps": 2,
+                                   "integrator__weight_credit_timing": "post_dual"},
+    # one step: the loop runs zero times; batched products (N = 20 > 16); pre_dual; one
+    # hidden layer (no square weights: nothing to scan)
+    "tanh-wide-T1-depth2": {"network__activation": "tanh", "network__width": 20,
+                            "network__depth": 2, "integrator__budget": 1},
 }
 
 
