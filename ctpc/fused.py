@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch._higher_order_ops import scan       # (torch 2.13 has no public name for it yet)
 
 from .config import ConfigError
 from .network import dphi, phi, rms_norm
@@ -268,11 +269,9 @@ def _start(w_in, w_mid, w_out, x, y, *, s_in: float, s_mid: float, s_out: float,
     drive = s_in * torch.matmul(w_in, x.transpose(1, 2))      # [R, N, B]
     layer = lambda below, w: below + s_mid * _contract(w, phi(activation, below), False)
     if scan_layers and w_mid.shape[0]:
-        from torch._higher_order_ops import scan            # (torch has no public name yet)
-
         def scanned(below, w):
             above = layer(below, w)
-            return above, above.clone()                       # (the carry and the output)
+            return above, above.clone()     # the carry, and the output (they may not alias)
         h = torch.cat([drive[None], scan(scanned, drive, w_mid)[1]])  # [H, R, N, B]
     else:
         layers = [drive]
@@ -334,6 +333,36 @@ def check_compiler() -> None:
             "integrator.compile: true builds C++ code on the CPU, but no C++ compiler was found "
             f"({err.__class__.__name__}); install one (e.g. apt install g++, or set CXX) or set "
             "integrator.compile: false") from None
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_buffers(mmap_mb: int = 64, trim_mb: int = 128) -> bool:
+    """Make this process's C allocator (glibc) serve buffers of up to ``mmap_mb`` MiB from its
+    heap and keep up to ``trim_mb`` MiB of freed heap, instead of mapping fresh pages for every
+    large buffer and returning them when it is freed. Returns whether it applied (False without
+    glibc, e.g. on macOS).
+
+    Why: a compiled program allocates its temporaries per call (a looped program, per step:
+    several state-sized buffers), where the eager step reuses preallocated ones. glibc normally
+    learns to keep such buffers (its mmap threshold rises with the first large free), but
+    setting ``MALLOC_TRIM_THRESHOLD_``, as Dask does for its workers (64 KiB), freezes that
+    threshold at 128 KiB: every buffer is then mapped, page-faulted and unmapped again, and
+    ``compile: loop`` ran 5x slower at (N, L) = (32, 64) in a sweep worker than alone
+    (docs/benchmarks.md). Called when training sets up a compiled rule; the eager paths do not
+    need it."""
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_mb << 20)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, trim_mb << 20))
 
 
 def is_small(width: int, output_dim: int) -> bool:

@@ -193,6 +193,22 @@ def test_which_rule_runs():
     assert isinstance(build_training(ctpc.load_config(c)).rule, PlasticRule)
 
 
+def test_compiled_training_keeps_freed_buffers(monkeypatch):
+    """A compiled rule allocates its temporaries per call; its setup asks glibc to keep freed
+    buffers (a sweep worker's MALLOC_TRIM_THRESHOLD_ otherwise makes every one a fresh
+    mapping: 5x slower), and the eager setup leaves the allocator alone."""
+    import ctpc.training.setup as setup_mod
+    calls = []
+    monkeypatch.setattr(setup_mod, "keep_freed_buffers", lambda: calls.append(1))
+    build_training(ctpc.load_config(config(integrator__compile=False)))
+    assert calls == []
+    build_training(ctpc.load_config(config()))
+    assert calls == [1]
+    import platform
+    if platform.libc_ver()[0] == "glibc":
+        assert fused_mod.keep_freed_buffers() is True
+
+
 def test_no_compiler_is_exit_2_before_training(tmp_path):
     """Without a C++ compiler the run is refused before any work, naming the key and the fix."""
     import yaml

@@ -11,7 +11,7 @@ import torch
 
 from ..config import Config, ConfigError, TrainingConfig
 from ..data import DataSplit, load_split
-from ..fused import check_compiler
+from ..fused import check_compiler, keep_freed_buffers
 from ..integrators import GaussSeidel, make_solver
 from ..model import Model, build_model
 from .plasticity import plastic_solver
@@ -92,6 +92,7 @@ def make_rule(cfg: Config, model: Model):
                          weight_credit_timing=it.weight_credit_timing)
     if fusable(cfg, solver, model.x.device):
         check_compiler()
+        keep_freed_buffers()
         return FusedInferenceRule(model.dyn, solver, it.n_steps, model.rates,
                                   cfg.dynamics.method, cfg.data.batch_size, it.compile_mode)
     rule = InferenceRule(model.dyn, solver, it.n_steps, model.rates, cfg.dynamics.method)
