@@ -313,13 +313,25 @@ def compiled(fn_name: str, device_type: str, small: bool):
     generated code runs on one thread with a C++ wrapper: its loops take a few microseconds
     each, less than waking a second thread, and the wrapper saves the Python call of every
     kernel. (One compiled variant per shape and static argument, made on first call; the
-    inductor cache makes later processes' compiles faster.)"""
-    import torch._dynamo.config as dynamo_config
-    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    inductor cache makes later processes' compiles faster.)
+
+    The program always runs without autograd (it is the local learning rule; nothing
+    differentiates through it): grad mode is one of dynamo's guards, and a training's first
+    call (the alignment probe at update 0, outside ``no_grad``) used to build a second
+    variant of every program. The variant limit is the program's own: dynamo's global setting
+    is per thread in torch 2.13, so a Dask worker's task thread did not see it and a grid
+    sweep failed at its 9th variant."""
     options = {"cpp_wrapper": True, "cpp.threads": 1} if device_type == "cpu" and small else {}
     fn = {f.__name__: f for f in (presentation, presentation_head, presentation_tail, steps,
                                   steps_batch_layout, presentation_loop)}[fn_name]
-    return torch.compile(fn, dynamic=False, fullgraph=True, options=options)
+    program = torch.compile(fn, dynamic=False, fullgraph=True, options=options,
+                            recompile_limit=RECOMPILE_LIMIT)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with torch.no_grad():
+            return program(*args, **kwargs)
+    return run
 
 
 def check_compiler() -> None:

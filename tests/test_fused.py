@@ -193,6 +193,38 @@ def test_which_rule_runs():
     assert isinstance(build_training(ctpc.load_config(c)).rule, PlasticRule)
 
 
+def test_programs_carry_their_own_variant_limit(monkeypatch):
+    """dynamo's global recompile limit (8) is per thread in torch 2.13: a sweep's task thread
+    never saw a raised one and failed at its 9th shape. Each program is compiled with its own
+    limit instead."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    for name in ("presentation", "presentation_loop", "steps"):
+        fused_mod.compiled.__wrapped__(name, "cpu", True)
+    assert [kw.get("recompile_limit") for kw in seen] == [fused_mod.RECOMPILE_LIMIT] * 3
+    assert fused_mod.RECOMPILE_LIMIT >= 64
+
+
+def test_grad_mode_does_not_build_a_second_program():
+    """Training's first rule call (the probe at update 0) runs with autograd on, the updates
+    under no_grad; the program runs under no_grad either way, so grad mode (a dynamo guard)
+    builds no second variant: the second call captures no new graph."""
+    from torch._dynamo.utils import counters
+    setup = build_training(ctpc.load_config(config(integrator__compile="loop")))
+    x, y = setup.train.x[:4][None], setup.train.y[:4][None]
+    w = setup.model.weights
+    with torch.enable_grad():
+        g_grad, _ = setup.rule(w, x, y)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1
+    with torch.no_grad():
+        g_none, _ = setup.rule(w, x, y)
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert not g_grad.w_in.requires_grad
+    for a, b in zip(g_grad.tensors, g_none.tensors):
+        assert torch.equal(a, b)
+
+
 def test_compiled_training_keeps_freed_buffers(monkeypatch):
     """A compiled rule allocates its temporaries per call; its setup asks glibc to keep freed
     buffers (a sweep worker's MALLOC_TRIM_THRESHOLD_ otherwise makes every one a fresh
