@@ -147,7 +147,7 @@ class IntegratorConfig(_Strict):
         "per shape, see docs/benchmarks.md). true or 'unrolled': one program with its steps "
         "unrolled (over 64 steps, programs of 16 steps), the fastest per update, ~1-2 min "
         "to compile on a cold cache; 'loop': one program whose steps are a loop, compiled in "
-        "5-22 s whatever the length and depth, 5-22 % slower per update; simulate runs eagerly"))
+        "5-22 s whatever the length and depth, 5-25 % slower per update; simulate runs eagerly"))
     divergence_bound: float = Field(1e6, gt=0, description="|state| above this = diverged")
     growth_bound: float = Field(
         1e3, gt=1, allow_inf_nan=True,

@@ -28,7 +28,7 @@ time grows with them: runs of more than :data:`WHOLE_STEPS_MAX` steps are split 
 middle program called as often as needed, a tail with the read-out), so the compile time of a
 long run no longer grows with its length. With ``integrator.compile: loop`` a presentation is
 instead one program whose steps are a loop (:func:`presentation_loop`, ``torch.while_loop``):
-one step's code, compiled in seconds whatever the length, at 5-22 % more time per update than
+one step's code, compiled in seconds whatever the length, at 5-25 % more time per update than
 unrolled steps. The arithmetic of :func:`steps` is that of
 :meth:`ctpc.integrators.GaussSeidel.step` and :meth:`ctpc.network.Network.weight_gradients` in
 another summation order: they agree to round-off (tests/test_fused.py,
@@ -194,7 +194,7 @@ def presentation_loop(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float,
     step, the last step (lam updated if ``final_dual``) follows it, and the feed-forward start
     is a scan over the layers. The program holds the code of two steps and one layer whatever
     ``n_steps`` and the depth, so it compiles in seconds; each iteration allocates its
-    outputs and is not fused with the next (5-22 % more time per update,
+    outputs and is not fused with the next (5-25 % more time per update,
     docs/benchmarks.md). Same arguments, returns and arithmetic as :func:`presentation`."""
     static = {"s_mid": s_mid, "s_out": s_out, "activation": activation,
               "inner_steps": inner_steps}
