@@ -159,13 +159,15 @@ def presentation(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float, s_mi
 
 
 def presentation_head(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float, s_mid: float,
-                      s_out: float, activation: str, n_steps: int, inner_steps: int):
+                      s_out: float, activation: str, n_steps: int, inner_steps: int,
+                      scan_layers: bool = False):
     """The first program of a chunked presentation: the feed-forward start and ``n_steps``
     steps (the last of them updates lam: more steps follow). Arguments as
-    :func:`presentation`; returns the carry (h, lam, r, a, out_err [lanes layout], drive, y_t)
-    and loss0 [R]."""
+    :func:`presentation` (``scan_layers`` as :func:`_start`); returns the carry (h, lam, r, a,
+    out_err [lanes layout], drive, y_t) and loss0 [R]."""
     h, a, out_err, drive, y_t, loss0 = _start(w_in, w_mid, w_out, x, y, s_in=s_in, s_mid=s_mid,
-                                              s_out=s_out, activation=activation)
+                                              s_out=s_out, activation=activation,
+                                              scan_layers=scan_layers)
     h, lam, r, a, out_err = steps(
         h, torch.zeros_like(h), torch.zeros_like(h), a, out_err, drive, y_t, w_mid, w_out, rho,
         c_h, c_lam, s_mid=s_mid, s_out=s_out, activation=activation, n_steps=n_steps,
@@ -190,28 +192,25 @@ def presentation_loop(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float,
                       s_mid: float, s_out: float, activation: str, n_steps: int,
                       inner_steps: int, final_dual: bool):
     """:func:`presentation` with its steps as a loop inside the program instead of unrolled:
-    the first ``n_steps - 1`` steps (each updating lam) are a ``torch.while_loop`` over one
-    step, the last step (lam updated if ``final_dual``) follows it, and the feed-forward start
-    is a scan over the layers. The program holds the code of two steps and one layer whatever
-    ``n_steps`` and the depth, so it compiles in seconds; each iteration allocates its
-    outputs and is not fused with the next (5-25 % more time per update,
+    the start (:func:`presentation_head` of no steps, its layers a scan), the first
+    ``n_steps - 1`` steps (each updating lam) as a ``torch.while_loop`` over one step, then
+    :func:`presentation_tail` of the last step. The program holds the code of two steps and
+    one layer whatever ``n_steps`` and the depth, so it compiles in seconds; each iteration
+    allocates its outputs and is not fused with the next (5-25 % more time per update,
     docs/benchmarks.md). Same arguments, returns and arithmetic as :func:`presentation`."""
-    static = {"s_mid": s_mid, "s_out": s_out, "activation": activation,
-              "inner_steps": inner_steps}
-    h, a, out_err, drive, y_t, loss0 = _start(w_in, w_mid, w_out, x, y, s_in=s_in, s_mid=s_mid,
-                                              s_out=s_out, activation=activation,
-                                              scan_layers=True)
+    step_kw = {"s_mid": s_mid, "s_out": s_out, "activation": activation,
+               "inner_steps": inner_steps}
+    *carry, drive, y_t, loss0 = presentation_head(w_in, w_mid, w_out, x, y, rho, c_h, c_lam,
+                                                  s_in=s_in, n_steps=0, scan_layers=True,
+                                                  **step_kw)
 
-    def step(h, lam, r, a, out_err, *, dual: bool):
-        return steps(h, lam, r, a, out_err, drive, y_t, w_mid, w_out, rho, c_h, c_lam,
-                     n_steps=1, dual_after_last=dual, **static)
-
-    start = (torch.zeros((), dtype=torch.int64, device=h.device), h, torch.zeros_like(h),
-             torch.zeros_like(h), a, out_err)
-    _, *carry = torch.while_loop(lambda i, *_: i < n_steps - 1,
-                                 lambda i, *c: (i + 1, *step(*c, dual=True)), start)
-    h, lam, r, a, out_err = step(*carry, dual=final_dual)
-    return _readout(h, lam, r, a, out_err, x, rho, loss0, s_in=s_in, s_mid=s_mid, s_out=s_out)
+    def body(i, *carry):
+        return (i + 1, *steps(*carry, drive, y_t, w_mid, w_out, rho, c_h, c_lam, n_steps=1,
+                              dual_after_last=True, **step_kw))
+    first = torch.zeros((), dtype=torch.int64, device=drive.device)
+    _, *carry = torch.while_loop(lambda i, *_: i < n_steps - 1, body, (first, *carry))
+    return presentation_tail(*carry, drive, y_t, loss0, x, w_mid, w_out, rho, c_h, c_lam,
+                             s_in=s_in, n_steps=1, final_dual=final_dual, **step_kw)
 
 
 def pieces(n_steps: int) -> list[int]:

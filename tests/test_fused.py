@@ -202,7 +202,6 @@ def test_programs_carry_their_own_variant_limit(monkeypatch):
     for name in ("presentation", "presentation_loop", "steps"):
         fused_mod.compiled.__wrapped__(name, "cpu", True)
     assert [kw.get("recompile_limit") for kw in seen] == [fused_mod.RECOMPILE_LIMIT] * 3
-    assert fused_mod.RECOMPILE_LIMIT >= 64
 
 
 def test_grad_mode_does_not_build_a_second_program():
