@@ -84,8 +84,10 @@ def test_closed_forms_of_spec_5_2():
 
 def test_semi_implicit_switches_at_alpha_2_with_eta_one_over_lambda_max():
     def paper(alpha):
+        # the exact lambda_max: the switch at alpha = 2 is a property of eta_h = 1/lambda_max
         return linear_cfg(**{"dynamics.tau_h": None, "dynamics.tau_lambda": None,
-                             "dynamics.state_lr": "auto", "dynamics.alpha": alpha})
+                             "dynamics.state_lr": "auto", "dynamics.alpha": alpha,
+                             "dynamics.step_rule": "exact"})
     radius = lambda a: st.spectral_radius(paper(a), "semi_implicit", 1.0)
     lo, hi = 1.5, 2.5
     assert radius(lo) < 1 < radius(hi)
@@ -100,16 +102,17 @@ def test_semi_implicit_switches_at_alpha_2_with_eta_one_over_lambda_max():
 
 
 def test_lambda_max_and_auto_step():
-    cfg = linear_cfg(**{"dynamics.rho": 1.5})
+    cfg = linear_cfg(**{"dynamics.rho": 1.5, "dynamics.step_rule": "exact"})
     A = st.Linearisation(cfg).constraint_matrix()
     dense = 1.5 * np.linalg.eigvalsh(A.T @ A).max()
     lam = st.activity_hessian_lambda_max(cfg)
     assert lam == pytest.approx(dense, rel=1e-8)
     auto = ctpc.load_config(small_config(**LINEAR), {"dynamics.rho": 1.5, "dynamics.tau_h": None,
-                            "dynamics.tau_lambda": None, "dynamics.state_lr": "auto"})
+                            "dynamics.tau_lambda": None, "dynamics.state_lr": "auto",
+                            "dynamics.step_rule": "exact"})
     assert auto.dynamics.state_lr == pytest.approx(1 / dense, rel=1e-8)
     tau = ctpc.load_config(small_config(**LINEAR), {"dynamics.rho": 1.5, "integrator.dt": 0.5,
-                           "dynamics.tau_h": "auto"})
+                           "dynamics.tau_h": "auto", "dynamics.step_rule": "exact"})
     assert tau.dynamics.tau_h == pytest.approx(0.5 * dense, rel=1e-8)
     assert "state_lr: " in auto.to_yaml()      # the resolved number is what gets stored
 
