@@ -10,7 +10,8 @@ Exit codes (the same for every command):
     130  interrupted (Ctrl-C / SIGINT); what was finished is kept
     143  terminated (SIGTERM, e.g. from kill or a batch scheduler); handled like Ctrl-C
 
-An interrupt or SIGTERM prints one line, no traceback. The file being written is never left
+An interrupt or SIGTERM prints one line, no traceback, with the command that continues the run
+(:func:`rerun_command`). The file being written is never left
 truncated: writes go to ``NAME.tmp-PID`` and are renamed at the end; the temporary is removed on
 the way out, or by the next run of the same output when the process was killed (SIGKILL).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import _thread
 import argparse
 import contextlib
+import shlex
 import signal
 import sys
 import threading
@@ -86,11 +88,29 @@ def add_run_arguments(p: argparse.ArgumentParser, *, out_help: str) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set integrator.dt=0.5 (repeatable)")
     p.add_argument("--out", help=out_help)
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads for torch (default: all cores). On a machine other jobs "
-                        "share, --threads 1 avoids spinning threads fighting over cores "
-                        "(docs/benchmarks.md)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    p.add_argument("--threads", type=threads_arg, default="auto", metavar="N|auto",
+                   help="CPU threads for torch (default: auto = one thread when a step is too "
+                        "small to share, else the physical cores other processes leave free; "
+                        "docs/benchmarks.md, 'Threads')")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run at the output (without it, a run that would "
+                        "replace one is refused)")
+    p.add_argument("--quiet", action="store_true",
+                   help="print nothing but warnings and errors (no progress bar, summary, "
+                        "status or 'wrote' line)")
+
+
+def threads_arg(text: str) -> int | str:
+    """``--threads``: a count >= 1 or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a count >= 1 or 'auto', got {text!r}")
+    return n
 
 
 def device_override(args) -> list[str]:
@@ -102,6 +122,18 @@ def command_line(module: str) -> str:
     return " ".join([Path(sys.executable).name, "-m", module, *sys.argv[1:]])
 
 
+def rerun_command(module: str, argv: list[str] | None, *, add: tuple[str, ...] = (),
+                  drop: tuple[str, ...] = ()) -> str:
+    """The command that runs ``module`` with ``argv`` (default: what the user typed) again,
+    shell-quoted, with the flags ``drop`` removed (an abbreviation argparse accepted too) and
+    the flags ``add`` appended where absent: e.g. a training run's command plus --resume."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    flag = lambda a, f: a.startswith("--") and len(a) > 3 and f.startswith(a.split("=")[0])
+    args = [a for a in args if not any(flag(a, f) for f in drop)]
+    args += [f for f in add if not any(flag(a, f) for a in args)]
+    return shlex.join([Path(sys.executable).name, "-m", module, *map(str, args)])
+
+
 def say(prog: str, message: str) -> None:
     print(f"{prog}: {message}", file=sys.stderr)
 
@@ -110,10 +142,12 @@ def _print_warning(message, category, filename, lineno, file=None, line=None):
     print(f"ctpc: warning: {message}", file=sys.stderr)
 
 
-def run_main(prog: str, body: Callable[[], int]) -> int:
+def run_main(prog: str, body: Callable[[], int], *, rerun: str | None = None) -> int:
     """Run a command's body with the shared error handling: ConfigError -> its message and
     exit 2; Ctrl-C -> one line and exit 130; SIGTERM -> one line and exit 143; user warnings as
-    one plain line each."""
+    one plain line each. ``rerun``: the end of the interrupt line, e.g. "to continue, run:
+    python -m ctpc.train ... --resume" (default: rerun the same command)."""
+    rerun = rerun or "rerun the same command to continue where it applies"
     with warnings.catch_warnings(), _signals_as_interrupts():   # both restored on return
         warnings.showwarning = _print_warning
         try:
@@ -122,12 +156,11 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
             say(prog, str(exc))
             return EXIT_CONFIG
         except Terminated:
-            say(prog, "terminated (SIGTERM); finished work is kept, no partial file is left "
-                      "(rerun the same command to continue where it applies)")
+            say(prog, f"terminated (SIGTERM); finished work is kept, no partial file is left; "
+                      f"{rerun}")
             return EXIT_TERMINATED
         except KeyboardInterrupt:
-            say(prog, "interrupted; finished work is kept, no partial file is left (rerun the "
-                      "same command to continue where it applies)")
+            say(prog, f"interrupted; finished work is kept, no partial file is left; {rerun}")
             return EXIT_INTERRUPTED
 
 

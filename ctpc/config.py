@@ -15,7 +15,8 @@ Both raise :class:`ConfigError`, whose message names the key path and what is ac
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import os
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
@@ -46,7 +47,46 @@ class _Strict(BaseModel):
         # pydantic's lax mode reads true/false as 1/0: `steps: true` would run one step.
         if isinstance(value, bool) and _numeric_only(cls.model_fields[info.field_name].annotation):
             raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+        # Python ints have no size limit; every count and size ctpc takes must fit int64 (the
+        # output file's attributes, torch's sizes, float arithmetic of the memory estimate).
+        for item in (value if isinstance(value, list) else [value]):
+            if isinstance(item, int) and not isinstance(item, bool) and abs(item) > INT64_MAX:
+                raise ValueError(f"must be less than or equal to 2**63 - 1 = {INT64_MAX} "
+                                 "in magnitude")
         return value
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _utf8_text(cls, value: Any) -> Any:
+        # A lone surrogate (an undecodable byte of a command-line argument or file name) cannot
+        # be written to the output file (its config attribute is UTF-8): refused here, not at
+        # the end of the run.
+        if isinstance(value, (str, PurePath)) and _has_surrogates(str(value)):
+            raise ValueError("holds text that is not valid UTF-8 (an undecodable byte, e.g. "
+                             "from a file name or terminal in another encoding); use UTF-8 text")
+        return value
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
+def expand_user(path: Path | None) -> Path | None:
+    """``~`` and ``~user`` expanded, as the shell does (netCDF expands them itself, Python's
+    file functions do not: both must see the same path). One that cannot be expanded is
+    refused (ValueError), never taken as a folder named ``~``."""
+    if path is None or not str(path).startswith("~"):
+        return path
+    expanded = os.path.expanduser(str(path))
+    if expanded.startswith("~"):
+        raise ValueError(f"cannot expand {str(path).split('/')[0]!r} in {str(path)!r} (no such "
+                         "user, or HOME is not set); write the path out in full")
+    return Path(expanded)
+
+
+# A name becomes file names: runs/NAME.nc, NAME.weights.npz.tmp-PID, Brian2's build folder
+# NAME-float64-HASH. File systems allow 255 bytes per name; this leaves room for the suffixes.
+NAME_MAX_BYTES = 200
 
 
 def _numeric_only(annotation: Any) -> bool:
@@ -62,6 +102,8 @@ class NetworkConfig(_Strict):
     output_dim: int | None = Field(None, ge=1, description="O; null = taken from the data set")
     activation: Activation = "tanh"
     weights: Path | None = Field(None, description=".npz with w1..wL ([out, in], unscaled)")
+
+    _expand_weights = field_validator("weights")(lambda cls, v: expand_user(v))
 
 
 DataSource = Literal["digits", "mnist", "synthetic", "npz", "idx"]
@@ -81,6 +123,8 @@ class DataConfig(_Strict):
     drop_last: bool = Field(True, description="training: drop the last incomplete batch")
     train_subset: int | None = Field(None, ge=1, description="use the first n training examples")
     test_subset: int | None = Field(None, ge=1, description="use the first n test examples")
+
+    _expand_path = field_validator("path")(lambda cls, v: expand_user(v))
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> "DataConfig":
@@ -320,6 +364,42 @@ class Config(_Strict):
                           "training run for ctpc.sweep")
     sweep: dict[str, list[Any]] | None = Field(None, description="sweep axes (ctpc.sweep only)")
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_one_file_name(cls, name: str) -> str:
+        # The name becomes file names (the default output runs/NAME.nc, Brian2's build folder):
+        # one plain name of a sane length, or a run writes outside runs/ or fails at its end.
+        why = ("the name becomes file names (the default output runs/NAME.nc); it defaults to "
+               "the config file's name")
+        if "\0" in name:
+            raise ValueError(f"holds a NUL byte, which no file name can hold ({why}); remove it")
+        if "/" in name or "\\" in name or name in (".", ".."):
+            raise ValueError(f"{name!r} is not a plain file name (no '/' or '\\', not '.' or "
+                             f"'..': {why}); use e.g. {_plain_name(name)!r}, and give the "
+                             "output path with output: or --out")
+        if len(name.encode("utf-8")) > NAME_MAX_BYTES:
+            raise ValueError(f"is {len(name.encode('utf-8'))} bytes long; {why}, and file "
+                             f"systems allow 255 bytes per name: use at most {NAME_MAX_BYTES}")
+        return name
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _output_names_a_file(cls, value: Any) -> Any:
+        # A Path drops a trailing '/': read the text as given.
+        if isinstance(value, str):
+            if value.strip() == "":
+                raise ValueError("empty path; give a file name such as runs/run.nc, or null "
+                                 "for the default runs/<name>.nc")
+            if "\0" in value:
+                raise ValueError("holds a NUL byte, which no file name can hold; remove it")
+            last = value.rstrip("/").rpartition("/")[2]
+            if value.endswith("/") or last in (".", ".."):
+                raise ValueError(f"{value!r} names a directory; give a file path inside it, "
+                                 f"e.g. {os.path.join(value, 'run.nc')!r}")
+        return value
+
+    _expand_output = field_validator("output")(lambda cls, v: expand_user(v))
+
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
         if self.integrator.scheme == "discrete" and self.dynamics.tau_e > 0:
@@ -367,6 +447,11 @@ class Config(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.dump(self.to_dict(), Dumper=_YAML_DUMPER, sort_keys=False)
+
+
+def _plain_name(name: str) -> str:
+    plain = name.replace("/", "_").replace("\\", "_").strip("._")
+    return plain or "run"
 
 
 def _check_brian2(cfg: "Config") -> None:

@@ -34,9 +34,11 @@ import argparse
 import hashlib
 import http.client
 import os
+import re
 import shlex
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ from tqdm import tqdm
 from . import cli
 from .config import ConfigError
 from .data import idx
+from .paths import glob_escape, writer_alive
 
 CHUNK = 1 << 16          # bytes per read
 TIMEOUT_S = 60           # per network operation
@@ -177,7 +180,8 @@ def download(remote: Remote, directory: Path, mirror: str, progress: bool) -> Pa
     url = mirror.rstrip("/") + "/" + remote.name
     final = directory / remote.name
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{remote.name}.", suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{remote.name}.tmp-{os.getpid()}.",
+                                   suffix=".part")
     except OSError as exc:
         raise FetchError(f"cannot write to {directory}: {exc.strerror or exc}") from None
     tmp = Path(tmp)
@@ -205,6 +209,28 @@ def _umask() -> int:
     return mask
 
 
+def remove_stale_parts(directory: Path, name: str) -> None:
+    """A download killed midway (SIGKILL) leaves its temporary ``.NAME.tmp-PID.XXXXXXXX.part``
+    (never a partial NAME): remove those whose process is gone. A ``.NAME.XXXXXXXX.part`` of an
+    earlier ctpc (no PID in its name) is removed once it has not been written to for longer
+    than a live download can stall (2 x TIMEOUT_S)."""
+    ours = re.compile(rf"\.{re.escape(name)}\.tmp-(\d+)\.\w+\.part")
+    legacy = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.part")
+    for tmp in directory.glob(f".{glob_escape(name)}.*.part"):
+        found = ours.fullmatch(tmp.name)
+        try:
+            if found is not None:
+                stale = not writer_alive(int(found[1]))
+            elif legacy.fullmatch(tmp.name):
+                stale = time.time() - tmp.stat().st_mtime > 2 * TIMEOUT_S
+            else:
+                continue
+            if stale and not tmp.is_dir():
+                tmp.unlink(missing_ok=True)
+        except OSError:
+            continue
+
+
 def _prepare(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -221,10 +247,11 @@ def fetch(name: str, directory: Path, mirror: str | None = None, force: bool = F
     'fashion-mnist'), downloading what is missing or invalid (everything with ``force``).
     Returns the four paths; raises FetchError (a ConfigError) on any failure."""
     dataset = DATASETS[name]
-    directory = Path(directory)
+    directory = Path(os.path.expanduser(str(directory)))
     _prepare(directory)
     paths = []
     for remote in dataset.files:
+        remove_stale_parts(directory, remote.name)
         final = directory / remote.name
         problem = "" if force or not final.exists() else problem_with(final, remote)
         if problem is None:

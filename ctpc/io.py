@@ -17,22 +17,37 @@ from dask.diagnostics import ProgressBar
 from . import signals
 from ._version import __version__
 from .config import Config, ConfigError
+# Output paths (OutputError, the one check of a run's outputs, companions, temporaries)
+# live in ctpc.paths; re-exported here, where they used to be.
+from .paths import (OutputError, check_outputs, companion_path,  # noqa: F401
+                    remove_stale_temporaries, temporary as _temporary)
+from .labels import var_attrs
 from .results import SERIES_LAYER, SERIES_WEIGHT, RunResult
 
+# Short long_name (the axis label), units where there are any (neuron variables, norms, cosines
+# and energies are dimensionless: no units), the sentence in description (ctpc.labels).
 VAR_ATTRS = {
-    "h": ("activity neurons h (per layer, sample, unit)", "1"),
-    "lam": ("multiplier neurons lambda", "1"),
-    "err": ("error neurons e (equal to the residual r when tau_e = 0)", "1"),
-    "credit": ("composite credit g = rho*e + lambda", "1"),
-    "energy": ("energy L_rho (PC: F), batch mean", "1"),
-    "loss": ("output loss l = 1/2 mean_b ||y_hat - y||^2", "1"),
-    "res_norm": ("RMS over samples of the residual norm ||r_l||", "1"),
-    "err_norm": ("RMS over samples of the error-neuron norm ||e_l||", "1"),
-    "lam_norm": ("RMS over samples of the multiplier norm ||lambda_l||", "1"),
-    "credit_norm": ("RMS over samples of the credit norm ||rho*e_l + lambda_l||", "1"),
-    "bp_cos": ("cosine between the weight-update estimate dL/dW_l and the BP gradient", "1"),
-    "bp_relerr": ("relative error ||dL/dW_l - dl/dW_l|| / ||dl/dW_l|| against BP", "1"),
-    "bp_adjoint_norm": ("RMS over samples of the BP adjoint ||dl_b/dh_l|| at feed-forward", "1"),
+    "h": var_attrs("activity h", None, "activity neurons h (per layer, sample, unit)"),
+    "lam": var_attrs("multiplier λ", None, "multiplier neurons lambda"),
+    "err": var_attrs("error e", None, "error neurons e (equal to the residual r when tau_e = 0)"),
+    "credit": var_attrs("credit g = ρe + λ", None, "composite credit g = rho*e + lambda"),
+    "energy": var_attrs("energy L_ρ", None, "energy L_rho (PC: F), batch mean"),
+    "loss": var_attrs("output loss ℓ", None, "output loss l = 1/2 mean_b ||y_hat - y||^2"),
+    "res_norm": var_attrs("residual norm ‖r_l‖", None,
+                          "RMS over samples of the residual norm ||r_l||"),
+    "err_norm": var_attrs("error norm ‖e_l‖", None,
+                          "RMS over samples of the error-neuron norm ||e_l||"),
+    "lam_norm": var_attrs("multiplier norm ‖λ_l‖", None,
+                          "RMS over samples of the multiplier norm ||lambda_l||"),
+    "credit_norm": var_attrs("credit norm ‖g_l‖", None,
+                             "RMS over samples of the credit norm ||rho*e_l + lambda_l||"),
+    "bp_cos": var_attrs("BP cosine", None,
+                        "cosine between the weight-update estimate dL/dW_l and the BP gradient"),
+    "bp_relerr": var_attrs("relative error", None,
+                           "relative error ||dL/dW_l - dl/dW_l|| / ||dl/dW_l|| against BP"),
+    "bp_adjoint_norm": var_attrs(
+        "BP adjoint norm", None,
+        "RMS over samples of the BP adjoint ||dl_b/dh_l|| at the feed-forward point"),
 }
 TRACE_DIMS = ("time", "layer", "sample", "unit")
 
@@ -59,20 +74,20 @@ def _trace(name: str, arr: np.ndarray, result: RunResult, coords: dict):
 
 
 def _attrs(name: str) -> dict:
-    long_name, units = VAR_ATTRS[name]
-    return {"long_name": long_name, "units": units}
+    return dict(VAR_ATTRS[name])
 
 
 def build_dataset(cfg: Config, result: RunResult, command: str | None = None) -> xr.Dataset:
     n_h, n_w = result.n_hidden, len(result.grads)
     coords = {
-        "time": ("time", result.steps * result.dt, {"long_name": "simulated time", "units": "ms"}),
-        "step": ("time", result.steps, {"long_name": "integration step", "units": "1"}),
-        "layer": ("layer", np.arange(1, n_h + 1), {"long_name": "hidden layer l (1 .. L-1)"}),
-        "sample": ("sample", result.samples, {"long_name": "index in the batch"}),
-        "unit": ("unit", result.units, {"long_name": "unit within the layer"}),
+        "time": ("time", result.steps * result.dt, var_attrs("time", "ms", "simulated time")),
+        "step": ("time", result.steps, var_attrs("step", None, "integration step")),
+        "layer": ("layer", np.arange(1, n_h + 1),
+                  var_attrs("hidden layer l", None, "hidden layer l (1 .. L-1)")),
+        "sample": ("sample", result.samples, var_attrs("sample", None, "index in the batch")),
+        "unit": ("unit", result.units, var_attrs("unit", None, "unit within the layer")),
         "weight": ("weight", np.arange(1, n_w + 1),
-                   {"long_name": "weight matrix W_l (1 .. L), W_l feeds layer l"}),
+                   var_attrs("weight matrix W_l", None, "W_l (1 .. L) feeds layer l")),
     }
     data_vars = {}
     plain = {k: v[1] for k, v in coords.items()}
@@ -84,11 +99,11 @@ def build_dataset(cfg: Config, result: RunResult, command: str | None = None) ->
                                     _attrs("bp_adjoint_norm"))
     for i, (g, b) in enumerate(zip(result.grads, result.bp_grads), start=1):
         dims = (("output" if i == n_w else "post_unit"), ("input" if i == 1 else "pre_unit"))
-        data_vars[f"grad_w{i}"] = (dims, g, {
-            "long_name": f"final weight-update estimate dL_rho/dW_{i} (loss-gradient sign)",
-            "units": "1"})
-        data_vars[f"bp_grad_w{i}"] = (dims, b, {"long_name": f"BP gradient dl/dW_{i}",
-                                                "units": "1"})
+        data_vars[f"grad_w{i}"] = (dims, g, var_attrs(
+            f"∂L_ρ/∂W_{i}, final", None,
+            f"final weight-update estimate dL_rho/dW_{i} (loss-gradient sign)"))
+        data_vars[f"bp_grad_w{i}"] = (dims, b, var_attrs(f"BP gradient ∂ℓ/∂W_{i}", None,
+                                                         f"BP gradient dl/dW_{i}"))
     ds = xr.Dataset(data_vars, coords=coords)
     tau_h, tau_l = cfg.rates()
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -124,73 +139,9 @@ def build_dataset(cfg: Config, result: RunResult, command: str | None = None) ->
     return ds
 
 
-class OutputError(ConfigError):
-    """An output path that cannot be written (exit code 2 on the command line)."""
-
-
-def _temporary(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temporaries(path: Path) -> None:
-    """A write killed midway leaves ``NAME.tmp-PID`` (never a truncated ``NAME``: writes are
-    atomic). Remove those of ``path`` whose writer process is gone."""
-    if not path.parent.is_dir():
-        return
-    for tmp in path.parent.glob(f"{path.name}.tmp-*"):
-        pid = tmp.name.rpartition("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
-            if tmp.is_dir():                    # the scratch of a streamed run
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
-
-
 def check_output_path(path: str | Path, what: str = "--out", *, create: bool = True) -> Path:
-    """Check, before any work, that ``path`` can be written: not empty, not a directory, its
-    parent a (creatable) writable directory. With ``create`` (a run), creates the parent and
-    removes stale temporaries of an earlier killed write of the same file; without (a dry run),
-    changes nothing. Raises :class:`OutputError` naming the fix."""
-    if str(path).strip() == "":
-        raise OutputError(f"{what}: empty path; give a file name such as runs/run.nc")
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{what} {str(path)!r} is a directory; give a file path inside it, "
-                          f"e.g. {str(path / 'run.nc')!r}")
-    existing = path.parent
-    for parent in [path.parent, *path.parent.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputError(f"{what} {str(path)!r}: {str(parent)!r} is a file, not a "
-                                  "directory; choose another output path")
-            existing = parent
-            break
-    if create:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"{what} {str(path)!r}: cannot create its directory "
-                              f"({exc.strerror}); choose a writable location") from None
-        existing = path.parent
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{what} {str(path)!r}: directory {str(existing)!r} is not "
-                          "writable; choose a writable location or fix its permissions")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise OutputError(f"{what} {str(path)!r} exists and is read-only; remove it or choose "
-                          "another output path")
-    if create:
-        remove_stale_temporaries(path)
-    return path
+    """:func:`ctpc.paths.check_outputs` of a lone output file (no companions, no inputs)."""
+    return check_outputs(path, what, create=create)
 
 
 def _encoding(var: xr.DataArray) -> dict:
@@ -261,10 +212,18 @@ def open_results(path: str | Path) -> xr.Dataset:
         raise ResultsError(f"{str(path)!r} is a directory; give the .nc file a run or sweep "
                            "wrote")
     try:
-        return xr.open_dataset(path, engine="netcdf4")
+        ds = xr.open_dataset(path, engine="netcdf4")
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ResultsError(f"{str(path)!r} is not a readable netCDF file (truncated, corrupt or "
                            f"another format: {exc}); rerun the command that wrote it") from None
+    # every run, training run and sweep has both; the studies' derived files (sims/) a config
+    if "ctpc_version" not in ds.attrs and "config" not in ds.attrs:
+        ds.close()
+        raise ResultsError(f"{str(path)!r} is a netCDF file but not ctpc results (it has "
+                           "neither the ctpc_version nor the config attribute that ctpc.simulate, "
+                           "ctpc.train and ctpc.sweep write); open it with xarray.open_dataset "
+                           "instead")
+    return ds
 
 
 class ResultsError(ConfigError):

@@ -5,11 +5,16 @@
 from __future__ import annotations
 
 import copy
+import os
+import difflib
+import math
+import typing
+import warnings
 from pathlib import Path
 from typing import Any, Union
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from . import data as data_mod
 from .config import Config, ConfigError, layer_shapes
@@ -33,23 +38,85 @@ def _looks_like_float(text: str) -> bool:
     return True
 
 
-def _format_validation_error(err: ValidationError, where: str) -> str:
-    lines = [f"invalid configuration{where}:"]
+def _model_at(loc) -> type[BaseModel] | None:
+    """The schema model at a key path (a tuple of keys), or None if it is not a section."""
+    model = Config
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        args = typing.get_args(field.annotation) or (field.annotation,)
+        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not models:
+            return None
+        model = models[0]
+    return model
+
+
+def _schema_keys(model=None, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema."""
+    out = []
+    for name in (model or Config).model_fields:
+        sub = _model_at((*prefix.split(".")[:-1], name) if prefix else (name,))
+        out += _schema_keys(sub, f"{prefix}{name}.") if sub is not None else [prefix + name]
+    return out
+
+
+def _suggestion(loc) -> str | None:
+    """'did you mean' for an unknown key: a close spelling among its section's keys, else
+    the same key name in another section."""
+    *parent, name = [str(p) for p in loc]
+    model = _model_at(tuple(parent))
+    if model is not None:
+        close = difflib.get_close_matches(name, list(model.model_fields), n=1, cutoff=0.6)
+        if close:
+            return ".".join([*parent, close[0]])
+    elsewhere = [k for k in _schema_keys() if k.rsplit(".", 1)[-1] == name]
+    return elsewhere[0] if elsewhere else None
+
+
+def _override_of(loc: tuple, texts: dict[str, str]) -> tuple[str | None, bool]:
+    """(the --set text of the override that set the key path ``loc`` or a key inside it,
+    whether that override alone set it: ``loc`` is the override's key or inside it)."""
+    path = ".".join(str(p) for p in loc)
+    if not path:
+        return None, False
+    for dotted, text in texts.items():
+        if path == dotted or path.startswith(dotted + "."):
+            return text, True
+    for dotted, text in texts.items():
+        if dotted.startswith(path + "."):       # a section the file and the override share
+            return text, False
+    return None, False
+
+
+def _format_validation_error(err: ValidationError, where: str,
+                             override_texts: dict[str, str] | None = None) -> str:
+    lines, from_set = [], 0
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         got = e.get("input")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the config reference in README.md)"
+            near = _suggestion(e["loc"])
+            msg = (f"unknown key (did you mean {near}? see the config reference in README.md)"
+                   if near else
+                   "unknown key (check the spelling; see the config reference in README.md)")
         elif path in MISSING_HINTS and (e["type"] == "missing" or got is None):
             msg = MISSING_HINTS[path]
         elif e["type"] == "int_parsing" and isinstance(got, str) and _looks_like_float(got):
             msg += (f" (YAML reads {got} without a decimal point as text; write the integer "
                     "out in full, e.g. 1000000)")
         got_txt = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) \
-            else f" (got {got!r})"
+            else f" (got {_short(got)})"
+        text, alone = _override_of(e["loc"], override_texts or {})
+        if text is not None:
+            from_set += alone
+            got_txt += f" [--set {_clip(text, 80)}]"
         lines.append(f"  - {path}: {msg}{got_txt}")
-    return "\n".join(lines)
+    if from_set == len(lines):
+        where = " (from --set)"
+    return "\n".join([f"invalid configuration{where}:", *lines])
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -62,17 +129,69 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: empty key path; expected e.g. network.width=64")
     try:
         value = yaml.load(raw, Loader=UniqueKeyLoader)
+    except DocumentTooLarge as exc:
+        raise ConfigError(f"--set {key}: the value {_short(raw)}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML ({exc})") from None
+        raise ConfigError(f"--set {key}: cannot parse value {_short(raw)} as YAML ({exc})") \
+            from None
     return key.split("."), value
 
 
-def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any] | None) -> dict:
+def _short(value: Any, limit: int = 60) -> str:
+    """repr of a value for a one-line message, cut to about ``limit`` characters."""
+    try:
+        text = repr(value)
+    except ValueError:       # an int beyond Python's digit limit for str() (4300 digits)
+        return f"a {type(value).__name__} too long to print"
+    return _clip(text, limit)
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit // 2]}...{text[-limit // 4:]} ({len(text):,} characters)"
+
+
+def override_items(overrides) -> list[tuple[str, Any, str | None]]:
+    """``(dotted key, value, text)`` of each override: ``text`` is the ``KEY=VALUE`` string a
+    ``--set`` (or a list of strings) gave, None for a ``{key.path: value}`` dict. One string is
+    one override. Anything else is a ConfigError that says what is accepted."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, dict):
+        items = []
+        for key, value in overrides.items():
+            if not isinstance(key, str) or not key or any(not p for p in key.split(".")):
+                raise ConfigError(f"override {key!r}: keys of an overrides dict are dotted "
+                                  "key paths such as 'network.width'")
+            check_structure(value, f"override {key}")
+            items.append((key, value, None))
+        return items
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    if not isinstance(overrides, (list, tuple)):
+        raise ConfigError(f"overrides must be a list of 'key.path=value' strings (or one such "
+                          f"string) or a {{'key.path': value}} dict, not "
+                          f"{type(overrides).__name__} {_short(overrides)}")
+    items = []
+    for text in overrides:
+        if not isinstance(text, str):
+            raise ConfigError(f"override {_short(text)}: expected a 'key.path=value' string, "
+                              f"e.g. 'integrator.steps=100' (or pass a dict)")
+        keys, value = parse_override(text)
+        items.append((".".join(keys), value, text))
+    return items
+
+
+def apply_overrides(raw: dict, overrides: list[str] | str | dict[str, Any] | None) -> dict:
     """Return a copy of a raw config dict with ``key.path=value`` overrides applied."""
+    return _apply(raw, override_items(overrides))
+
+
+def _apply(raw: dict, items) -> dict:
+    check_structure(raw, "config")
     raw = copy.deepcopy(raw)
-    items = overrides.items() if isinstance(overrides, dict) else \
-        [(".".join(k), v) for k, v in map(parse_override, overrides or [])]
-    for dotted, value in items:
+    for dotted, value, _ in items:
         keys = dotted.split(".")
         node = raw
         for i, k in enumerate(keys[:-1]):
@@ -87,14 +206,150 @@ def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any] | None) -> 
     return raw
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` keeps the last of two equal keys and drops the first without a word
-    (a second ``integrator:`` section would replace the first); this loader refuses it."""
+# Bounds on what a config document (a file, a --set value, a dict given to load_config) may
+# hold. A YAML alias (*name) repeats what its anchor (&name) names without copying it, so six
+# nested aliases of ten items each make a million values out of a few hundred bytes (the
+# "billion laughs"); every consumer (validation, the config stored in each output file) would
+# expand them. No config key needs more than a few levels of nesting or anywhere near this
+# many values: a sweep of 1000 seeds is about 1000 values.
+MAX_NODES = 100_000      # values, lists and mappings, every alias expanded
+MAX_DEPTH = 50           # lists / mappings inside each other
 
-    def construct_mapping(self, node, deep=False):
+
+class DocumentTooLarge(yaml.YAMLError):
+    """A document beyond :data:`MAX_NODES` or :data:`MAX_DEPTH`, or one that contains itself;
+    ``str()`` says which, for a message that starts with the file or ``--set`` key."""
+
+
+def _too_large(distinct: int) -> DocumentTooLarge:
+    if distinct <= MAX_NODES:
+        return DocumentTooLarge(
+            f"its aliases (*name) expand to more than {MAX_NODES:,} values (nested aliases "
+            "multiply: the 'billion laughs' pattern); ctpc refuses documents that large. Write "
+            "the values out, or use fewer aliases")
+    return DocumentTooLarge(f"it holds more than {MAX_NODES:,} values; no config needs that "
+                            "many")
+
+
+def _too_deep() -> DocumentTooLarge:
+    return DocumentTooLarge(f"lists or mappings are nested more than {MAX_DEPTH} levels deep; "
+                            "no config key takes values nested that deep")
+
+
+def check_document_size(root, children) -> None:
+    """Raise :class:`DocumentTooLarge` if the tree under ``root``, with every shared child
+    (an alias) counted each time it is used, has more than MAX_NODES nodes, nests deeper than
+    MAX_DEPTH, or contains itself. ``children(node)`` lists a node's children. Iterative and
+    linear in the distinct nodes (shared ones are sized once), so neither a deep nor an
+    exploding document costs more than reading it."""
+    size, depth, on_path = {}, {}, set()
+    stack = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            on_path.discard(key)
+            kids = children(node)
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
+            if size[key] > MAX_NODES:
+                raise _too_large(len(size))
+            if depth[key] > MAX_DEPTH:
+                raise _too_deep()
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            raise DocumentTooLarge("it contains itself (a list or mapping inside itself, as a "
+                                   "YAML alias inside what its anchor names does); write the "
+                                   "values out")
+        if len(on_path) >= MAX_DEPTH:
+            raise _too_deep()
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((k, False) for k in children(node) if id(k) not in size)
+
+
+def _yaml_children(node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _python_children(obj) -> list:
+    if isinstance(obj, dict):
+        return [*obj.keys(), *obj.values()]
+    if isinstance(obj, (list, tuple)):
+        return list(obj)
+    return []
+
+
+def check_structure(obj, where: str) -> None:
+    """:func:`check_document_size` for a Python value (a dict config, an override value)."""
+    try:
+        check_document_size(obj, _python_children)
+    except DocumentTooLarge as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with three changes.
+
+    * Two equal keys in one mapping are refused: ``yaml.safe_load`` keeps the last and drops
+      the first without a word (a second ``integrator:`` section would replace the first).
+    * The merge key ``<<: *anchor`` (YAML 1.1) works: the keys of the mapping it names come
+      first, the mapping's own keys override them. (The duplicate check used to run before
+      PyYAML's merge step and failed on the ``<<`` key, which has no constructor of its own.)
+    * Documents are bounded (:data:`MAX_NODES` values with aliases expanded, :data:`MAX_DEPTH`
+      levels): :class:`DocumentTooLarge` before anything is built from them.
+    """
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._nesting = 0
+        self._checked_mappings: set[int] = set()
+
+    def construct_yaml_int(self, node):
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:   # Python refuses str -> int beyond 4300 digits
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the integer {_clip(node.value, 40)} has too many digits to be a "
+                "number ctpc takes (at most 19)", node.start_mark) from None
+
+    def compose_node(self, parent, index):
+        # the composer recurses per level: bound it before Python's recursion limit is hit
+        self._nesting += 1
+        try:
+            if self._nesting > MAX_DEPTH:
+                raise _too_deep()
+            return super().compose_node(parent, index)
+        finally:
+            self._nesting -= 1
+
+    def construct_document(self, node):
+        check_document_size(node, _yaml_children)
+        return super().construct_document(node)
+
+    def flatten_mapping(self, node):
+        # Runs once per mapping before its merge keys are resolved (also for the mappings
+        # merged into another), so the check sees the keys as written.
+        if id(node) not in self._checked_mappings:
+            self._checked_mappings.add(id(node))
+            self._refuse_duplicates(node)
+        super().flatten_mapping(node)
+
+    def _refuse_duplicates(self, node) -> None:
         seen = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
+            if key_node.tag == MERGE_TAG:
+                continue
+            key = self.construct_object(key_node)
             try:
                 duplicate = key in seen
             except TypeError:      # an unhashable key: the base class reports it
@@ -104,7 +359,9 @@ class UniqueKeyLoader(yaml.SafeLoader):
                     "while reading a mapping", node.start_mark,
                     f"found the key {key!r} twice; keep one", key_node.start_mark)
             seen.add(key)
-        return super().construct_mapping(node, deep)
+
+
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", UniqueKeyLoader.construct_yaml_int)
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -112,7 +369,7 @@ def read_yaml(path: str | Path) -> dict:
     if str(path).strip() == "":
         raise ConfigError("config file: empty path; give a YAML file such as "
                           "models/pcalm_deep.yaml")
-    path = Path(path)
+    path = Path(os.path.expanduser(str(path)))        # ~ as the shell (and every path) has it
     if not path.exists():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     if path.is_dir():
@@ -128,6 +385,8 @@ def read_yaml(path: str | Path) -> dict:
                           "its permissions") from None
     try:
         raw = yaml.load(text, Loader=UniqueKeyLoader)
+    except DocumentTooLarge as exc:
+        raise ConfigError(f"config file {str(path)!r}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if raw is None:
@@ -139,12 +398,13 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def validate(raw: dict, where: str = "") -> Config:
-    """Schema validation only (no files touched)."""
+def validate(raw: dict, where: str = "", override_texts: dict[str, str] | None = None) -> Config:
+    """Schema validation only (no files touched). ``override_texts`` ({dotted key: the --set
+    text}) names the override behind an invalid key instead of the file."""
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, where)) from None
+        raise ConfigError(_format_validation_error(err, where, override_texts)) from None
 
 
 def load_config(source: Union[str, Path, dict, Config], overrides=None, *,
@@ -165,16 +425,22 @@ def load_config(source: Union[str, Path, dict, Config], overrides=None, *,
         raw = read_yaml(source)
         where = f" in {source}"
         raw.setdefault("name", Path(source).stem)
-    cfg = validate(apply_overrides(raw, overrides), where)
+    items = override_items(overrides)
+    texts = {dotted: text for dotted, _, text in items if text is not None}
+    cfg = validate(_apply(raw, items), where, texts)
     return resolve(cfg) if resolve_files else cfg
 
 
 def resolve(cfg: Config) -> Config:
     """Fill sizes from the data set and weights, and check everything that needs them."""
     cfg = cfg.model_copy(deep=True)
-    d_in, d_out, n_examples = data_mod.describe(cfg.data, cfg.network, cfg.seed)
+    d_in, d_out, n_examples = data_mod.describe(cfg.data, cfg.network, cfg.seed, cfg.dtype)
     for key, found in (("input_dim", d_in), ("output_dim", d_out)):
         given = getattr(cfg.network, key)
+        if found is not None and found < 1:     # the sources refuse this; a last guard
+            raise ConfigError(f"data.source={cfg.data.source!r} provides {found} "
+                              f"{'inputs' if key == 'input_dim' else 'classes'} per example; "
+                              "check the data file")
         if given is None:
             setattr(cfg.network, key, found)
         elif found is not None and given != found:
@@ -189,16 +455,130 @@ def resolve(cfg: Config) -> Config:
             f"the {n_examples} examples of the {cfg.data.split} split (data.split) of "
             f"data.source={cfg.data.source!r}; lower one of them")
     if cfg.network.weights is not None:
-        check_weights_file(cfg.network.weights, layer_shapes(cfg))
+        check_weights_file(cfg.network.weights, layer_shapes(cfg), cfg.dtype)
     if cfg.integrator.budget == "auto":
         cfg.integrator.budget = 2 * cfg.network.depth      # the paper's T = 2L
     _check_record(cfg)
     # Sizes are known now: refuse what cannot fit before anything is allocated.
-    check_memory(cfg)
-    check_trace_size(cfg)
+    splits = None
+    if cfg.training is not None and cfg.data.source != "synthetic":
+        splits = tuple(data_mod.split_size(cfg.data, cfg.network, s)
+                       if s in data_mod.available_splits(cfg.data) else 0
+                       for s in data_mod.SPLITS)
+    check_memory(cfg, splits)
+    if cfg.training is None:
+        # Training records no traces (ctpc.train); ctpc.simulate of a training config checks
+        # them when it plans its recording (ctpc.recording.plan_recording).
+        check_trace_size(cfg)
+    check_number_range(cfg)
     if cfg.dynamics.needs_auto_step:
         cfg = resolve_auto_step(cfg)
+        check_number_range(cfg)
     return cfg
+
+
+FLOAT32 = {"max": 3.4028234663852886e38, "tiny": 1.1754943508222875e-38}
+
+
+def _range_terms(cfg: Config) -> list[tuple[str, str, float, bool]]:
+    """``(key, what, value, derived)`` of every config number that a run puts into a tensor
+    (or a kernel's scalar argument) of the config's dtype: the time step, the penalty, every
+    rate 1/tau and step dt/tau of the dynamics (the inverse of what the config gives, and
+    'auto' step sizes once resolved), the divergence bounds, the learning rate and the weight
+    time constant. ``derived``: computed from the key (an exact 0 means it underflowed); a
+    string names the other key it is computed from."""
+    it, d, t = cfg.integrator, cfg.dynamics, cfg.training
+    dt, terms = it.dt, []
+    if d.method != "bp":      # bp (training only) has no neuron dynamics: none of these
+        terms += [("integrator.dt", "the value", dt, False),
+                  ("integrator.divergence_bound", "the value", it.divergence_bound, False)]
+        if math.isfinite(it.growth_bound):
+            terms.append(("integrator.growth_bound", "the value", it.growth_bound, False))
+        terms.append(("dynamics.rho", "the value", d.rho, False))
+    if d.method != "bp" and not d.needs_auto_step:      # 'auto': checked once resolved
+        tau_h, tau_l = cfg.rates()
+        paper = d.uses_paper_parameters
+        pops = [("h", tau_h, "dynamics.state_lr" if paper else "dynamics.tau_h")]
+        if math.isfinite(tau_l):
+            pops.append(("lambda", tau_l, "dynamics.alpha" if paper else "dynamics.tau_lambda"))
+        if d.tau_e > 0:
+            pops.append(("e", d.tau_e, "dynamics.tau_e"))
+        for name, tau, key in pops:
+            terms.append((key, f"the rate 1/tau_{name}", 1.0 / tau, True))
+            terms.append((key, f"the step dt/tau_{name}", dt / tau, "integrator.dt"))
+    if t is not None:
+        if isinstance(t.lr, float):
+            terms.append(("training.lr", "the value", t.lr, False))
+        if t.tau_w is not None:
+            terms.append(("training.tau_w", "the rate 1/tau_w", 1.0 / t.tau_w, True))
+            terms.append(("training.tau_w", "the step dt/tau_w", dt / t.tau_w,
+                          "integrator.dt"))
+        if t.optimizer == "sgd" and t.momentum:
+            terms.append(("training.momentum", "the value", t.momentum, False))
+    return terms
+
+
+def check_number_range(cfg: Config) -> None:
+    """Refuse (one line per key) a config number that the run's dtype cannot hold: infinite
+    once derived (a rate 1/tau of a tiny tau), or with dtype float32 beyond its range
+    (|x| > 3.4e38, which becomes inf) or below its smallest normal number (|x| < 1.2e-38,
+    which loses its precision or becomes 0). torch would otherwise fail deep inside a step
+    ("value cannot be converted to type float without overflow") or run with inf or 0."""
+    problems, seen = [], set()
+    for key, what, value, derived in _range_terms(cfg):
+        if key in seen:
+            continue
+        mag = abs(value)
+        what = f"{what} {'= ' if derived else ''}{value:.3g}"
+        change = f"change {key}" + (f" or {derived}" if isinstance(derived, str) else "")
+        if not math.isfinite(value):
+            why = f"{what} is beyond the range of any float"
+            fix = change
+        elif derived and value == 0:
+            why = f"{what}: it underflowed (the quotient is too small for any float)"
+            fix = change
+        elif cfg.dtype == "float32" and mag > FLOAT32["max"]:
+            why = (f"{what} is beyond the float32 range (|x| <= "
+                   f"{FLOAT32['max']:.3g}) of dtype: float32; it would become inf")
+            fix = f"set dtype: float64, or {change}"
+        elif cfg.dtype == "float32" and 0 < mag < FLOAT32["tiny"]:
+            why = (f"{what} is below the smallest normal float32 "
+                   f"({FLOAT32['tiny']:.3g}) of dtype: float32; it would lose its precision or "
+                   "become 0")
+            fix = f"set dtype: float64, or {change}"
+        else:
+            continue
+        seen.add(key)
+        problems.append(f"{key}: {why}; {fix}")
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError("numbers out of range:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+# The keys of dynamics: that only the neuron dynamics of pc / pcalm read.
+PC_ONLY_DYNAMICS = ("rho", "tau_h", "tau_lambda", "tau_e", "state_lr", "alpha", "step_rule")
+
+
+def unused_by_bp(cfg: Config) -> list[str]:
+    """The PC-only dynamics keys a ``method: bp`` config sets to other than their defaults."""
+    if cfg.dynamics.method != "bp":
+        return []
+    fields = type(cfg.dynamics).model_fields
+    return [f"dynamics.{k}" for k in PC_ONLY_DYNAMICS
+            if getattr(cfg.dynamics, k) != fields[k].default]
+
+
+def warn_unused_by_bp(cfg: Config) -> None:
+    """One warning line for a single run (not per sweep cell: the caller decides) whose
+    ``method: bp`` config sets keys that bp never reads."""
+    keys = unused_by_bp(cfg)
+    if keys:
+        warnings.warn(f"{', '.join(keys)} {'is' if len(keys) == 1 else 'are'} unused by "
+                      "dynamics.method 'bp' (backprop by autograd has no neuron dynamics): "
+                      "stored with the run but without effect; remove "
+                      f"{'it' if len(keys) == 1 else 'them'} or use method pc or pcalm",
+                      UserWarning, stacklevel=3)
 
 
 def _check_record(cfg: Config) -> None:

@@ -34,6 +34,18 @@ Brian2 objects              backend brian2 only: ``48`` bytes per synapse for co
 
 ``T+1`` is the number of record slots (the record steps plus the final state). The limit is
 ``memory_limit_gb`` when set, else half of this machine's physical memory (read once).
+
+A training run (a ``training:`` section, with the sizes of its splits known) adds
+(``U`` updates = ``min(epochs·⌈n/B⌉, max_updates)``, ``E`` evaluations, ``C`` checkpoints):
+
+==========================  ====================================================================
+training history            ``4 × U·(4 + 3H)·s``: the per-update buffers on the device, their
+                            host copy (and its growing concatenation) and the dataset
+evaluation history          ``E·(1536 + 16·(7 + 2L))``: the metrics of every evaluation
+training schedule           ``80·(E + C)``: the sets of evaluation and checkpoint updates
+training data               ``(n + m)·(D + O)·(8 + s) + 16·(n + m)``: both splits, on the host
+                            (float64) and on the device
+==========================  ====================================================================
 """
 from __future__ import annotations
 
@@ -177,8 +189,50 @@ class Term:
     shrink: str          # what makes it smaller (names the config keys)
 
 
-def estimate(cfg: Config) -> list[Term]:
-    """The memory terms of a resolved config (input/output sizes known), biggest first."""
+def training_counts(cfg: Config, n_train: int) -> tuple[int, int, int, int]:
+    """(updates per epoch, updates U, evaluations E, checkpoints C) of a training run over
+    ``n_train`` examples, by arithmetic (as ctpc.training.setup and .loop count them)."""
+    t, b = cfg.training, cfg.data.batch_size
+    per_epoch = n_train // b if cfg.data.drop_last else -(-n_train // b)
+    total = t.epochs * per_epoch
+    if t.max_updates is not None:
+        total = min(total, t.max_updates)
+    evals = 2 + min(t.epochs, total) + (total // t.eval_every if t.eval_every else 0)
+    checkpoints = total // t.checkpoint_every if t.checkpoint_every else 0
+    return per_epoch, total, evals, checkpoints
+
+
+def training_terms(cfg: Config, n_train: int, n_test: int) -> list[Term]:
+    """The memory terms a training run adds (see the module's table)."""
+    net, s = cfg.network, _itemsize(cfg)
+    H, L = net.depth - 1, net.depth
+    per_epoch, U, E, C = training_counts(cfg, n_train)
+    t = cfg.training
+    updates = (f"lower training.epochs (now {t.epochs:,}, {per_epoch:,} updates each) or set "
+               f"training.max_updates")
+    n = n_train + n_test
+    return [
+        Term("training history", 4 * U * (4 + 3 * H) * s, f"{updates} (this run makes "
+             f"{U:,} updates)"),
+        Term("evaluation history", E * (1536 + 16 * (7 + 2 * L)),
+             f"{updates}, or raise training.eval_every (now {_yaml(t.eval_every)}): this run "
+             f"evaluates {E:,} times, at each epoch's end and every eval_every updates"),
+        Term("training schedule", 80 * (E + C),
+             f"raise training.checkpoint_every (now {_yaml(t.checkpoint_every)}) or "
+             f"training.eval_every, or {updates}"),
+        Term("training data", n * (net.input_dim + net.output_dim) * (8 + s) + 16 * n,
+             "use data.train_subset / data.test_subset"),
+    ]
+
+
+def _yaml(value) -> str:
+    return "null" if value is None else f"{value:,}"
+
+
+def estimate(cfg: Config, splits: tuple[int, int] | None = None) -> list[Term]:
+    """The memory terms of a resolved config (input/output sizes known), biggest first. With
+    ``splits`` (the train and test examples) a config with a ``training:`` section is
+    estimated as the training run it describes (:func:`training_terms` added)."""
     net, s = cfg.network, _itemsize(cfg)
     N, L, D, O = net.width, net.depth, net.input_dim, net.output_dim
     H, B = L - 1, cfg.data.batch_size
@@ -228,6 +282,8 @@ def estimate(cfg: Config) -> list[Term]:
         terms.append(Term("Brian2 objects", b2,
                           "set brian2.construction: network_operation (no copy of the weights "
                           "per sample) or lower data.batch_size"))
+    if splits is not None and cfg.training is not None:
+        terms += training_terms(cfg, *splits)
     return sorted(terms, key=lambda t: -t.bytes)
 
 
@@ -239,10 +295,10 @@ def _float(n: int) -> float:
         return math.inf
 
 
-def check_memory(cfg: Config) -> None:
+def check_memory(cfg: Config, splits: tuple[int, int] | None = None) -> None:
     """Refuse (ConfigError, exit 2) a run whose estimate exceeds the limit, naming the biggest
-    term, the estimate and what to shrink."""
-    terms = estimate(cfg)
+    term, the estimate and what to shrink. ``splits``: see :func:`estimate`."""
+    terms = estimate(cfg, splits)
     total, limit = sum(_float(t.bytes) if isinstance(t.bytes, int) else t.bytes
                        for t in terms), limit_bytes(cfg)
     if total <= limit:

@@ -9,6 +9,8 @@ stacked along the replica axis (see :mod:`ctpc.network` for the layout).
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,12 +55,59 @@ def matmul_precision(cfg: Config):
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
-def set_threads(n: int | None) -> None:
-    """Use ``n`` CPU threads for torch's kernels (None: leave torch's default, all cores)."""
-    if n is not None:
-        if n < 1:
-            raise ConfigError(f"--threads must be >= 1, got {n}")
-        torch.set_num_threads(n)
+def set_threads(n: int | str | None, cfg: Config | None = None) -> int | None:
+    """Use ``n`` CPU threads for torch's kernels; returns the number set.
+
+    ``n``: a count; ``'auto'`` (the command line's default): :func:`auto_threads` for ``cfg``
+    (without a config: the free physical cores); None: leave torch's default (all cores)."""
+    if n is None:
+        return None
+    if n == "auto":
+        n = auto_threads(cfg)
+    elif n < 1:
+        raise ConfigError(f"--threads must be >= 1 or 'auto', got {n}")
+    torch.set_num_threads(n)
+    return n
+
+
+# Work per inference step (multiply-adds of its matrix products, over the batch and replicas)
+# below which a second thread costs more than it gains: measured by sims/bench_threads.py on
+# this project's 2-core machine (docs/benchmarks.md, "Threads").
+ONE_THREAD_BELOW_MACS = 2.0e6
+CPU_SAMPLE_S = 0.05          # how long auto_threads watches the other processes' CPU use
+
+
+def step_macs(cfg: Config) -> float:
+    """Multiply-adds of one inference (or one BP) step's matrix products: each of the
+    L weight matrices is applied forward and transposed, for every sample of the batch."""
+    net = cfg.network
+    n_in = net.input_dim if net.input_dim is not None else 64
+    n_out = net.output_dim if net.output_dim is not None else 10
+    per_sample = n_in * net.width + (net.depth - 2) * net.width ** 2 + net.width * n_out
+    return 2.0 * per_sample * cfg.data.batch_size
+
+
+def free_cores(sample_s: float = CPU_SAMPLE_S) -> int:
+    """Physical cores this process may use that other processes are not busy on now (>= 1):
+    the cores of its CPU affinity, minus the CPU time others used over ``sample_s`` seconds."""
+    import psutil      # a dependency of Dask distributed
+    logical = psutil.cpu_count() or 1
+    physical = psutil.cpu_count(logical=False) or logical
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except AttributeError:                                    # not on Linux
+        allowed = logical
+    cores = max(1, min(physical, allowed))
+    busy = psutil.cpu_percent(interval=sample_s) / 100.0 * logical * cores / logical
+    return max(1, min(cores, int(math.floor(cores - busy + 0.5))))
+
+
+def auto_threads(cfg: Config | None) -> int:
+    """``--threads auto``: one thread when a step's work is too small to share
+    (:data:`ONE_THREAD_BELOW_MACS`), else the free physical cores (:func:`free_cores`)."""
+    if cfg is not None and step_macs(cfg) < ONE_THREAD_BELOW_MACS:
+        return 1
+    return free_cores()
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -34,13 +34,20 @@ def init_weights(cfg: Config) -> list[np.ndarray]:
     (float64 numpy, so every backend, device and replica starts from bit-identical weights)."""
     shapes = layer_shapes(cfg)
     if cfg.network.weights is not None:
-        return check_weights_file(cfg.network.weights, shapes)
+        return check_weights_file(cfg.network.weights, shapes, cfg.dtype)
     rng = np.random.default_rng(cfg.seed)
     return [rng.standard_normal(s) for s in shapes]
 
 
-def check_weights_file(path: str | Path, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
-    """Read ``w1 .. wL`` from an .npz and check names, shapes and values (ConfigError)."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+WEIGHT_KINDS = {"b": "bool", "i": "int", "u": "unsigned int", "f": "float"}
+
+
+def check_weights_file(path: str | Path, shapes: list[tuple[int, int]],
+                       dtype: str | None = None) -> list[np.ndarray]:
+    """Read ``w1 .. wL`` from an .npz and check names, shapes and values (ConfigError): real
+    numbers only (complex, strings, objects are refused, never cast), finite, and with
+    ``dtype`` 'float32', within float32's range."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
@@ -64,14 +71,25 @@ def check_weights_file(path: str | Path, shapes: list[tuple[int, int]]) -> list[
         if key not in files:
             continue
         try:
-            w = np.asarray(arrays[key], dtype=np.float64)
-        except (ValueError, TypeError) as exc:
-            problems.append(f"{key} is not numeric ({exc})")
+            stored = arrays[key]
+        except Exception as exc:  # noqa: BLE001 - object arrays (allow_pickle), damaged zip
+            problems.append(f"{key} cannot be read as a numeric array ({exc})")
             continue
+        if stored.dtype.kind not in WEIGHT_KINDS:
+            what = "complex numbers" if stored.dtype.kind == "c" else "not real numbers"
+            problems.append(f"{key} has dtype {stored.dtype} ({what}); weights must be real "
+                            "numbers (float, int or bool), saved e.g. as w.real.astype(float)")
+            continue
+        w = np.asarray(stored, dtype=np.float64)
         if tuple(w.shape) != tuple(shape):
             problems.append(f"{key} has shape {tuple(w.shape)}, expected {tuple(shape)}")
         elif not np.isfinite(w).all():
             problems.append(f"{key} holds {int((~np.isfinite(w)).sum())} non-finite value(s)")
+        elif dtype == "float32" and w.size and np.abs(w).max() > FLOAT32_MAX:
+            problems.append(f"{key} holds {int((np.abs(w) > FLOAT32_MAX).sum())} value(s) "
+                            f"beyond the float32 range (up to {np.abs(w).max():.3g}; float32 "
+                            f"holds |x| <= {FLOAT32_MAX:.3g}): set dtype: float64 or rescale "
+                            "the weights")
         out.append(w)
     if problems:
         raise ConfigError(

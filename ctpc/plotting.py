@@ -12,6 +12,51 @@ def _plt():
     return plt
 
 
+def log_ticks(ax, which: str = "x", values=None) -> None:
+    """Readable ticks on a log axis: at ``values`` (the data's own, e.g. the depths or dts of a
+    study) when given, else at 1-2-5 (or 1-2-3-5, or every integer multiple) per decade when the
+    axis spans at most 3 decades, or at evenly spaced round numbers when it spans less than
+    about a factor 2, so it never shows a single labelled tick. Labels are plain
+    numbers (0.5, 2, 64), not 5×10⁻¹; over more decades matplotlib's powers of ten stay."""
+    from matplotlib.ticker import (FixedLocator, FuncFormatter, LogLocator, MaxNLocator,
+                                   NullFormatter)
+
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    if values is not None:
+        values = np.unique(np.asarray(values, dtype=float))
+        values = values[np.isfinite(values) & (values > 0)]
+        if 2 <= values.size <= 12:
+            axis.set_major_locator(FixedLocator(values))
+            axis.set_major_formatter(plain)
+            axis.set_minor_formatter(NullFormatter())
+            return
+    lo, hi = sorted(ax.get_xlim() if which == "x" else ax.get_ylim())
+    if not (lo > 0 and np.isfinite(hi)) or np.log10(hi / lo) > 3:
+        return
+    locator = None
+    for subs in ((1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0), tuple(float(k) for k in range(1, 10))):
+        ticks = LogLocator(10, subs=subs).tick_values(lo, hi)
+        if ((ticks >= lo) & (ticks <= hi)).sum() >= 3:
+            locator = LogLocator(10, subs=subs)
+            break
+    # less than a factor ~2 (e.g. 0.98 .. 1.5): evenly spaced round numbers, as on a linear axis
+    axis.set_major_locator(locator or MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]))
+    axis.set_major_formatter(plain)
+    axis.set_minor_formatter(NullFormatter())
+
+
+def legend_outside(ax, where: str = "below", **kw):
+    """The legend of ``ax`` outside its data: under the axes (``below``, in columns) or to its
+    right (``right``). With constrained layout or ``bbox_inches="tight"`` nothing is cut."""
+    kw.setdefault("fontsize", 8)
+    if where == "right":
+        return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, **kw)
+    n = len(ax.get_legend_handles_labels()[1])
+    kw.setdefault("ncol", 2 if n > 2 else max(1, n))
+    return ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), borderaxespad=0, **kw)
+
+
 def stability_map_figure(status: xr.DataArray, predicted: xr.DataArray, title: str = ""):
     """Empirical stable/diverged map over (dt, scheme), one panel per method, with the
     predicted dt_max of each scheme drawn as a black bar over its row.
@@ -23,8 +68,8 @@ def stability_map_figure(status: xr.DataArray, predicted: xr.DataArray, title: s
 
     methods, schemes = list(status.method.values), list(status.scheme.values)
     dts = status.dt.values
-    fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 0.55 * len(schemes) + 1.8),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(methods), sharey=True, squeeze=False, layout="constrained",
+                             figsize=(5.5 * len(methods), 0.55 * len(schemes) + 2.2))
     # geometric cell edges so each dt sits in the middle of its cell on a log axis
     logs = np.log(dts)
     edges = np.exp(np.concatenate([[logs[0] - (logs[1] - logs[0]) / 2],
@@ -41,12 +86,19 @@ def stability_map_figure(status: xr.DataArray, predicted: xr.DataArray, title: s
             if np.isfinite(dt_max):
                 ax.plot([dt_max, dt_max], [i + 0.1, i + 0.9], color="k", lw=2.5)
         ax.set_xscale("log")
+        ax.set_xlim(edges[0], edges[-1])
+        log_ticks(ax, "x")
         ax.set_yticks(np.arange(len(schemes)) + 0.5, schemes)
         ax.set_xlabel("dt (ms)")
-        ax.set_title(f"{method}: blue stable, red diverged, | predicted dt_max")
+        ax.set_title(METHOD_LABELS.get(str(method), str(method)))
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    handles = [Patch(color=cmap(0), label="stable"), Patch(color=cmap(1), label="diverged"),
+               Patch(color=cmap(2), label="error"),
+               Line2D([], [], color="k", lw=2.5, label="predicted dt_max")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=9)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -58,7 +110,7 @@ def flow_vs_discrete_figure(runs: xr.Dataset, layer: int = 1):
     BP cosine of W_layer and the mean over all W at the end of the budget, against dt.
     ``runs`` has a ``run`` dim with coords ``scheme`` and ``dt`` and one shared ``time`` axis."""
     plt = _plt()
-    fig, (ax_t, ax_dt) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_t, ax_dt) = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
     is_disc = runs.scheme == "discrete"
     flow, disc = runs.sel(run=~is_disc), runs.sel(run=is_disc)
     rel = runs.credit_norm.sel(layer=layer) / runs.bp_adjoint_norm.sel(layer=layer)
@@ -67,38 +119,43 @@ def flow_vs_discrete_figure(runs: xr.Dataset, layer: int = 1):
     for r in disc.run.values:
         ax_t.plot(runs.time, rel.sel(run=r), "k--", label="discrete (paper), dt = 1")
     ax_t.set_xlabel("time (ms)")
-    ax_t.set_ylabel(f"credit norm / BP adjoint norm, layer {layer}")
-    ax_t.legend(fontsize=8)
+    ax_t.set_ylabel(f"credit / BP adjoint norm, layer {layer}")
+    legend_outside(ax_t)
     final = flow.bp_cos.isel(time=-1)
     order = np.argsort(flow.dt.values)
     dts = flow.dt.values[order]
-    ax_dt.plot(dts, final.sel(weight=layer).values[order], "o-", label=f"W_{layer}")
-    ax_dt.plot(dts, final.mean("weight").values[order], "s-", label="mean over W_1..W_L")
+    ax_dt.plot(dts, final.sel(weight=layer).values[order], "o-", color="C0",
+               label=f"flow, W_{layer}")
+    ax_dt.plot(dts, final.mean("weight").values[order], "s-", color="C1",
+               label="flow, mean over W_1..W_L")
     for r in disc.run.values:
         d = disc.sel(run=r).bp_cos.isel(time=-1)
-        ax_dt.axhline(float(d.sel(weight=layer)), color="C0", ls="--", lw=1)
+        ax_dt.axhline(float(d.sel(weight=layer)), color="C0", ls="--", lw=1,
+                      label=f"discrete, W_{layer}")
         ax_dt.axhline(float(d.mean("weight")), color="C1", ls="--", lw=1,
-                      label="discrete algorithm (dashed)")
+                      label="discrete, mean over W")
     ax_dt.set_xscale("log")
+    log_ticks(ax_dt, "x", dts)
     ax_dt.set_xlabel("dt (ms)")
-    ax_dt.set_ylabel("cosine to BP at the end of the budget")
-    ax_dt.legend(fontsize=8)
-    fig.tight_layout()
+    ax_dt.set_ylabel("BP cosine at the end of the budget")
+    legend_outside(ax_dt)
     return fig
 
 
 # ------------------------------------------------------------------ propagation studies
-# Axes-level: each draws on the given Axes (a new one if None) and returns it.
+# Axes-level: each draws on the given Axes (a new one if None) and returns it. Their legends
+# sit under the axes (legend_outside): save with bbox_inches="tight" or use constrained layout.
 def _axes(ax):
     if ax is None:
         import matplotlib.pyplot as plt
-        _, ax = plt.subplots()
+        _, ax = plt.subplots(layout="constrained")
     return ax
 
 
 def plot_arrival_scaling(results: dict[str, xr.Dataset], ax=None, *, guides=(1, 2)):
     """Arrival time against depth, log-log, one series per :func:`arrival_scaling` result,
-    with the fitted power law in the legend and dashed guide slopes."""
+    with the fitted power law in the legend and guide slopes (grey, in the legend too); ticks
+    at the depths run."""
     ax = _axes(ax)
     all_L, all_t = [], []
     for label, scaling in results.items():
@@ -119,13 +176,14 @@ def plot_arrival_scaling(results: dict[str, xr.Dataset], ax=None, *, guides=(1, 
     if all_L:
         L0, t0 = min(all_L), float(np.nanmedian(all_t))
         grid = np.geomspace(min(all_L), max(all_L), 50)
-        for g in guides:
-            ax.plot(grid, t0 * (grid / L0) ** g, "k:", lw=0.8, alpha=0.6)
-            ax.annotate(rf"$\propto L^{g}$", (grid[-1], t0 * (grid[-1] / L0) ** g),
-                        fontsize=8, alpha=0.7)
+        for g, style in zip(guides, (":", "-.", "--", (0, (1, 3)))):
+            ax.plot(grid, t0 * (grid / L0) ** g, color="0.45", ls=style, lw=1,
+                    label=rf"guide $\propto L^{{{g}}}$")
     ax.set(xscale="log", yscale="log", xlabel="depth L (weight matrices)",
            ylabel="arrival time at layer 1 (ms)")
-    ax.legend(fontsize=8)
+    log_ticks(ax, "x", all_L)
+    log_ticks(ax, "y")
+    legend_outside(ax, ncol=1)
     return ax
 
 
@@ -148,9 +206,10 @@ def plot_credit_heatmap(ds: xr.Dataset, ax=None, *, t_max: float | None = None,
     mesh = ax.pcolormesh(t, rel["layer"].values, np.clip(z, vmin, vmax),
                          vmin=vmin, vmax=vmax, shading="nearest", cmap="viridis")
     plt.colorbar(mesh, ax=ax, label="log10(credit / BP adjoint)")
+    ax.set_xlim(t[0], t[-1])
     if log_time:
         ax.set_xscale("log")
-    ax.set_xlim(t[0], t[-1])
+        log_ticks(ax, "x")
     ax.set(xlabel="time (ms)", ylabel="hidden layer l (1 = input side)",
            title=title or f"{ds.attrs.get('method', '')} L = {ds.sizes['layer'] + 1}")
     return ax
@@ -165,7 +224,8 @@ def plot_credit_distribution(results: dict[str, xr.Dataset], ax=None):
     ax.axhline(1.0, color="k", lw=0.8, ls=":")
     ax.set(yscale="log", xlabel="hidden layer l (1 = input side)",
            ylabel="credit / BP adjoint norm")
-    ax.legend(fontsize=8)
+    log_ticks(ax, "y")
+    legend_outside(ax, ncol=1)
     return ax
 
 
@@ -335,8 +395,8 @@ def cosine_per_layer_figure(ds: xr.Dataset, width=None, var: str = "bp_cos"):
             ax.set_title(f"N = {int(width)}, L = {L}" + (f", {act}" if act else ""), fontsize=9)
             ax.set_xlabel("l / L  (W_l; input side left)")
             if c == 0:
-                ax.set_ylabel("cosine to BP, final")
-    axes[0, 0].legend(fontsize=8)
+                ax.set_ylabel("BP cosine, final")
+    _figure_legend(fig, axes[0, 0])
     return fig
 
 
@@ -384,5 +444,14 @@ def learning_curves_figure(ds: xr.Dataset, cells: list[dict] | None = None,
                      + (f", {act}" if act else ""), fontsize=9)
         ax.set_xlabel("update")
     axes[0, 0].set_ylabel(f"{'test' if 'test' in var else 'train'} accuracy (%)")
-    axes[0, 0].legend(fontsize=8)
+    _figure_legend(fig, axes[0, 0])
     return fig
+
+
+def _figure_legend(fig, ax) -> None:
+    """One legend for the whole (constrained-layout) figure, above the panels, in one row:
+    it hides no data in any panel."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside upper center", ncol=len(handles),
+                   fontsize=8, frameon=False)

@@ -9,10 +9,11 @@ import numpy as np
 import xarray as xr
 
 from .config import Config, ConfigError
-from .io import OutputError, build_dataset, check_output_path, open_results, write_netcdf
+from .io import OutputError, build_dataset, open_results, write_netcdf
 from .loading import load_config
 from .memory import MB, record_bytes, streams
-from .model import matmul_precision
+from .model import matmul_precision, resolve_device
+from .paths import TRAINING_COMPANIONS, check_outputs, companion_path, run_inputs
 from .stream import RecordStream, scratch_path
 
 
@@ -29,13 +30,14 @@ def run_backend(cfg: Config, progress: bool, stream: RecordStream | None = None)
 
 
 def simulate(config, overrides=None, *, out: str | Path | None = None, progress: bool = False,
-             command: str | None = None) -> xr.Dataset:
+             command: str | None = None, overwrite: bool = False) -> xr.Dataset:
     """Run one simulation and return its ``xarray.Dataset``.
 
     ``config``: a YAML path, a dict or a :class:`ctpc.config.Config`; ``overrides``: a list of
     ``"key.path=value"`` strings or a ``{"key.path": value}`` dict. The file is written when
-    ``out`` (or ``config.output``) is set; the target is checked before the run starts. A
-    diverged run is returned normally with ``ds.attrs["status"] == "diverged"``; check it.
+    ``out`` (or ``config.output``) is set; the target is checked before the run starts, and an
+    existing run there is refused (ConfigError) unless ``overwrite``. A diverged run is
+    returned normally with ``ds.attrs["status"] == "diverged"``; check it.
 
     A run whose records exceed ``record.stream_mb`` streams them to disk as it goes (it needs
     an output file) and returns the written file opened lazily; otherwise the dataset is in
@@ -44,6 +46,12 @@ def simulate(config, overrides=None, *, out: str | Path | None = None, progress:
     cfg = load_config(config, overrides)
     _refuse_bp(cfg)
     target = out if out is not None else cfg.output
+    if target is not None:      # the one check of outputs (ctpc.paths), before any work
+        what = "--out" if out is not None else "output"
+        target = check_outputs(target, what,
+                               inputs=run_inputs(cfg, config_file=_config_file(config)))
+        if not overwrite:
+            _refuse_existing(target, what)
     stream = None
     if streams(cfg):
         if target is None:
@@ -53,7 +61,7 @@ def simulate(config, overrides=None, *, out: str | Path | None = None, progress:
                 "output file as it runs; give one (out=... or output:), record less "
                 "(record.every, record.samples, record.variables), or raise record.stream_mb "
                 "to hold them in memory")
-        path = check_output_path(target)
+        path = target
         free = shutil.disk_usage(path.parent).free
         if free < record_bytes(cfg):
             raise OutputError(
@@ -63,8 +71,6 @@ def simulate(config, overrides=None, *, out: str | Path | None = None, progress:
                 "space, choose another output path, or record less (record.every, "
                 "record.samples, record.variables)")
         stream = RecordStream(scratch_path(path))
-    elif target is not None:
-        check_output_path(target)
     try:
         result = run_backend(cfg, progress, stream)
         ds = build_dataset(cfg, result, command)
@@ -82,6 +88,25 @@ def simulate(config, overrides=None, *, out: str | Path | None = None, progress:
     return ds
 
 
+def _refuse_existing(target: Path, what: str) -> None:
+    """A simulation never replaces an earlier run silently: its output, or a training run's
+    companions of it (NAME.ckpt.pt, NAME.weights.npz), already there is refused."""
+    found = [target] if target.exists() else []
+    if target.name.endswith(".nc"):
+        found += [p for p in (companion_path(target, k) for k in TRAINING_COMPANIONS)
+                  if p.exists()]
+    if found:
+        names = ", ".join(p.name for p in found)
+        raise OutputError(f"{what} {str(target)!r} already holds a run ({names}); add "
+                          f"--overwrite to replace it or choose another {what} (Python API: "
+                          "overwrite=True)")
+
+
+def _config_file(config) -> str | Path | None:
+    """The config file a run reads (an input no output may overwrite), if it is one."""
+    return config if isinstance(config, (str, Path)) else None
+
+
 def simulate_replicas(configs: list, commands: list[str | None] | None = None) -> list[xr.Dataset]:
     """Simulate configs that share every shape and control-flow setting
     (:func:`ctpc.sweep.groups.replica_key`) as replicas of one tensor program; one dataset per
@@ -90,14 +115,32 @@ def simulate_replicas(configs: list, commands: list[str | None] | None = None) -
     cfgs = [load_config(c) for c in configs]
     commands = commands or [None] * len(cfgs)
     for cfg in cfgs:
-        _refuse_bp(cfg)
-        _refuse_stream(cfg)
+        check_simulation(cfg, in_memory=True, machine=False)
     if len(cfgs) == 1:
         return [build_dataset(cfgs[0], run_backend(cfgs[0], False), commands[0])]
     from .backends.torch_backend import run_replicas
     with matmul_precision(cfgs[0]):
         results = run_replicas(cfgs, progress=False)
     return [build_dataset(c, r, cmd) for c, r, cmd in zip(cfgs, results, commands)]
+
+
+def check_simulation(cfg: Config, *, in_memory: bool = False, machine: bool = True) -> None:
+    """What a simulation of ``cfg`` refuses before it starts, without building it
+    (ConfigError): ``dynamics.method: bp``; with ``in_memory`` (replicas, sweep cells) records
+    that would have to stream; with ``machine``, what depends on the machine that runs it: the
+    device (:func:`ctpc.model.resolve_device`) or, for backend brian2, Brian2's own checks
+    (:func:`ctpc.backends.brian2_backend.runner.check`; this imports Brian2). A sweep calls it
+    for every cell before any cell runs."""
+    _refuse_bp(cfg)
+    if in_memory:
+        _refuse_stream(cfg)
+    if not machine:
+        return
+    if cfg.backend == "brian2":
+        from .backends.brian2_backend.runner import check
+        check(cfg)
+    else:
+        resolve_device(cfg.device)
 
 
 def _refuse_stream(cfg: Config) -> None:
@@ -141,4 +184,4 @@ def summary_table(ds: xr.Dataset, max_rows: int = 24) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["simulate", "simulate_replicas", "summary_table", "ConfigError"]
+__all__ = ["simulate", "simulate_replicas", "check_simulation", "summary_table", "ConfigError"]

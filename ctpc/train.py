@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from . import cli
-from .io import check_output_path
+from .paths import TRAINING_COMPANIONS, check_outputs, default_output, run_inputs
 from .model import set_threads
 from .training import prepare_config, train
 
@@ -29,40 +28,53 @@ def parser() -> argparse.ArgumentParser:
                                       "checkpoint NAME.ckpt.pt beside it")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override 'device'")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoint beside the output (same command + "
-                        "--resume after a killed run)")
+                   help="continue the run at the output from its checkpoint (same command + "
+                        "--resume after an interrupted run; with --set training.epochs=N it "
+                        "extends a run); without a checkpoint, starts from the beginning")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return cli.run_main("ctpc.train", lambda: _main(args))
+    again = cli.rerun_command("ctpc.train", argv, add=("--resume",), drop=("--overwrite",))
+    return cli.run_main("ctpc.train", lambda: _main(args), rerun=f"to continue, run: {again}")
 
 
 def _main(args) -> int:
-    set_threads(args.threads)
     cfg = prepare_config(args.config, list(args.overrides) + cli.device_override(args))
+    set_threads(args.threads, cfg)
     if cfg.sweep:
         cli.say("ctpc.train", f"{args.config} has a sweep: section; ctpc.train runs its base "
                               "config only. Use python -m ctpc.sweep to run the sweep.")
-    out = args.out if args.out is not None else (cfg.output or Path("runs") /
-                                                 f"{cfg.name or 'train'}.nc")
-    check_output_path(out)
-    ds = train(cfg, out=out, resume=args.resume, progress=not args.quiet,
-               command=cli.command_line("ctpc.train"))
+    out, what = default_output(args.out, cfg.output, cfg.name, "train")
+    out = check_outputs(out, what, inputs=run_inputs(cfg, config_file=args.config),
+                        companions=TRAINING_COMPANIONS)
+    ds = train(cfg, out=out, resume=args.resume, overwrite=args.overwrite,
+               progress=not args.quiet, command=cli.command_line("ctpc.train"))
+    a = ds.attrs
     if not args.quiet:
         print(summary_table(ds))
-    a = ds.attrs
-    print(f"status: {a['status']}  updates: {a['updates_completed']}/{a['n_updates']}  "
-          f"wall time: {a['wall_time_s']:.1f} s  ({a['samples_per_s']:.0f} samples/s)")
-    print(f"wrote {out}")
+        print(f"status: {a['status']}  updates: {a['updates_completed']}/{a['n_updates']}  "
+              f"wall time: {a['wall_time_s']:.1f} s  ({a['samples_per_s']:.0f} samples/s)")
+        print(f"wrote {out}")
     if a["status"] == "diverged":
-        cli.say("ctpc.train", f"training DIVERGED at update {a['diverged_at_update']}: the loss "
-                              "or the weights became non-finite. The history up to then and the "
-                              "last good checkpoint are kept. Try a smaller training.lr or a "
-                              "stabler inference (see ctpc.stability).")
+        cli.say("ctpc.train", divergence_message(ds))
         return cli.EXIT_DIVERGED
     return cli.EXIT_OK
+
+
+def divergence_message(ds) -> str:
+    """What diverged, from the history: training's only check is for non-finite values (the
+    loss, or the norm of the weights after the update) at its sync points."""
+    u = int(ds.attrs["diverged_at_update"])
+    n = ds.sizes["update"]
+    bad = [name for k, name in (("train_loss", "the training loss"),
+                                ("weight_norm", "the weights"))
+           if u <= n and not np.isfinite(ds[k].values[u - 1])]
+    what = " and ".join(bad) or "the training loss or the weights"
+    return (f"training DIVERGED at update {u}: {what} became non-finite (NaN or inf). The "
+            "history up to then and the last good checkpoint are kept. Try a smaller "
+            "training.lr or a stabler inference (see ctpc.stability).")
 
 
 def summary_table(ds) -> str:

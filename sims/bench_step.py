@@ -145,7 +145,7 @@ def ctpc_simulate(cfg, chunk_bytes=None, out=None):
         if chunk_bytes is not None:
             ctpc.recording.RECORD_CHUNK_BYTES = chunk_bytes
         try:
-            ds = ctpc.simulate(loaded, out=out)
+            ds = ctpc.simulate(loaded, out=out, overwrite=True)   # timed again and again
             ds.close()
         finally:
             ctpc.recording.RECORD_CHUNK_BYTES = default

@@ -340,7 +340,7 @@ def _main(args) -> int:
     cosine.to_csv(out / "cosine.csv", index=False, float_format="%.4g")
     written += [out / "table.csv", out / "table.md", out / "cosine.csv"]
     for name, fig in make_figures(ds).items():
-        fig.savefig(out / f"{name}.png", dpi=110)
+        fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(out / f"{name}.png")
     (out / "README.txt").write_text(readme(list(configs), args.small, args.dataset))

@@ -109,7 +109,7 @@ def make_figures(sweeps: dict, scaling: dict) -> dict:
     from ctpc import plotting
 
     figs = {}
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(6.4, 6), layout="constrained")
     plotting.plot_arrival_scaling({
         "PC-ALM (½ BP adjoint)": scaling[("pcalm", "bp_adjoint")],
         "PC-ALM (½ final)": scaling[("pcalm", "final")],
@@ -120,22 +120,20 @@ def make_figures(sweeps: dict, scaling: dict) -> dict:
 
     L = int(sweeps["pcalm"]["network.depth"].max())
     cell = {k: select_cell(sweeps[k], {"network.depth": L}) for k in STUDIES}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
     plotting.plot_credit_heatmap(cell["pcalm"], axes[0], title=f"PC-ALM, L = {L}, 4L steps")
     plotting.plot_credit_heatmap(cell["pc_4L"], axes[1], title=f"PC, L = {L}, same 4L steps")
     plotting.plot_credit_heatmap(cell["pc"], axes[2], log_time=True,
                               title=f"PC, L = {L}, 8 L² steps (log time)")
     figs["credit_heatmaps"] = fig
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(6.4, 5.4), layout="constrained")
     plotting.plot_credit_distribution({
         f"PC-ALM L = {L}": analysis.credit_distribution(cell["pcalm"]),
         f"PC L = {L}": analysis.credit_distribution(cell["pc_4L"]),
         f"PC L = {L}, long run": analysis.credit_distribution(cell["pc"])}, ax)
     ax.set_title("credit per layer relative to BP")
     figs["credit_distribution"] = fig
-    for f in figs.values():
-        f.tight_layout()
     return figs
 
 
@@ -165,7 +163,7 @@ def main(argv=None) -> int:
         table.to_csv(args.out / f"{name}.csv", index=False)
         written.append(args.out / f"{name}.csv")
     for name, fig in make_figures(sweeps, scaling).items():
-        fig.savefig(args.out / f"{name}.png", dpi=110)
+        fig.savefig(args.out / f"{name}.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(args.out / f"{name}.png")
     with pd.option_context("display.width", 140, "display.max_columns", 20):

@@ -26,6 +26,7 @@ import yaml  # noqa: E402
 import ctpc  # noqa: E402
 from ctpc import stability as st  # noqa: E402
 from ctpc.io import write_netcdf  # noqa: E402
+from ctpc.labels import var_attrs  # noqa: E402
 from ctpc.plotting import flow_vs_discrete_figure, stability_map_figure  # noqa: E402
 
 METHODS = ("pc", "pcalm")
@@ -51,14 +52,15 @@ def predictions(model: dict) -> xr.Dataset:
         table = st.stability_table(cfg)
         exact[i] = table.loc[list(st.SCHEMES), "dt_max_ms"]
         closed[i] = table.loc[list(st.SCHEMES), "closed_form_ms"]
-    coords = {"method": list(METHODS), "scheme": list(st.SCHEMES)}
+    coords = {"method": ("method", list(METHODS), var_attrs("method")),
+              "scheme": ("scheme", list(st.SCHEMES), var_attrs("scheme"))}
     return xr.Dataset(
         {"dt_max": (("method", "scheme"), exact,
-                    {"long_name": "predicted largest stable dt (exact one-step map)",
-                     "units": "ms"}),
+                    var_attrs("predicted dt_max", "ms",
+                              "predicted largest stable dt (exact one-step map)")),
          "dt_max_closed_form": (("method", "scheme"), closed,
-                                {"long_name": "spec 5.2 closed form (loss Hessian ignored)",
-                                 "units": "ms"})},
+                                var_attrs("dt_max, closed form", "ms",
+                                          "spec 5.2 closed form (loss Hessian ignored)"))},
         coords=coords, attrs={"config": ctpc.load_config(model).to_yaml()})
 
 
@@ -90,9 +92,10 @@ def flow_vs_discrete(small: bool) -> xr.Dataset:
     # `step` differs between runs (different dt): only the common time axis is kept.
     ds = xr.concat([r[keep].drop_vars("step") for r in runs], dim="run", coords="minimal",
                    compat="override")
-    ds = ds.assign_coords(run=np.arange(len(runs)),
-                          scheme=("run", ["semi_implicit"] * len(dts) + ["discrete"]),
-                          dt=("run", dts + [1.0], {"units": "ms"}))
+    ds = ds.assign_coords(run=("run", np.arange(len(runs)), var_attrs("run")),
+                          scheme=("run", ["semi_implicit"] * len(dts) + ["discrete"],
+                                  var_attrs("scheme")),
+                          dt=("run", dts + [1.0], var_attrs("dt", "ms", "integration step")))
     ds.attrs = {"description": "continuous flow (semi_implicit, shrinking dt) vs the paper's "
                                "discrete algorithm (dt = 1), same time constants and budget",
                 "config": runs[0].attrs["config"]}
@@ -132,7 +135,7 @@ def main(argv=None):
     flow = flow_vs_discrete(args.small)
     write_netcdf(flow, out / "flow_vs_discrete.nc")
     for name, fig in make_figures(preds, smap, flow).items():
-        fig.savefig(out / f"{name}.png", dpi=120)
+        fig.savefig(out / f"{name}.png", dpi=120, bbox_inches="tight")
     final = flow.bp_cos.isel(time=-1).mean("weight")
     for r in flow.run.values:
         print(f"{str(flow.scheme[r].values):>14} dt = {float(flow.dt[r]):<5g} mean final BP cosine "

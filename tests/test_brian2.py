@@ -223,6 +223,10 @@ def test_show_equations(capsys):
     assert brian2_backend.equations_text(cfg) == text.rstrip("\n")
     spec = brian2_backend.model_spec(cfg)
     assert all(line in text for line in spec.layer_equations.splitlines())
+    # without --backend brian2 (and with --backend torch) it prints the same equations
+    for extra in ([], ["--backend", "torch"]):
+        assert main([model, *extra, "--show-equations"]) == 0
+        assert capsys.readouterr().out == text
 
 
 def test_printed_equations_are_valid_brian2():

@@ -55,7 +55,7 @@ def check_schema(ds):
     assert list(ds.weight.values) == list(range(1, L + 1))
     for v in ("h", "lam", "err", "credit"):
         assert ds[v].dims == ("time", "layer", "sample", "unit")
-        assert "long_name" in ds[v].attrs and "units" in ds[v].attrs
+        assert ds[v].attrs["long_name"] and ds[v].attrs.get("units") != "1"   # dimensionless
     for v in ("err_norm", "lam_norm", "credit_norm", "res_norm"):
         assert ds[v].dims == ("time", "layer")
     assert ds.bp_cos.dims == ("time", "weight") and ds.energy.dims == ("time",)

@@ -25,14 +25,18 @@ def alignment_times(ds: xr.Dataset, threshold: float = 0.99, *,
     settle = crossing_time(cos, threshold, settle=True, interpolate=interpolate)
     dt = param(ds, "dt")
     out = xr.Dataset({
-        "reach_time": with_units(reach, "ms", f"first time bp_cos >= {threshold:g}"),
-        "reach_step": with_units(reach / dt, "1", "reach time in integration steps"),
-        "settle_time": with_units(settle, "ms", f"time from which bp_cos stays >= {threshold:g}"),
-        "reached": with_units(reach.notnull(), "1", "bp_cos reached the threshold"),
-        "final_cos": with_units(last_finite(cos), "1", "bp_cos at the end of the run"),
-        "final_relerr": with_units(last_finite(ds["bp_relerr"]), "1",
+        "reach_time": with_units(reach, "ms", "reach time",
+                                 f"first time bp_cos >= {threshold:g}"),
+        "reach_step": with_units(reach / dt, "1", "reach step", "reach time in integration steps"),
+        "settle_time": with_units(settle, "ms", "settle time",
+                                  f"time from which bp_cos stays >= {threshold:g}"),
+        "reached": with_units(reach.notnull(), "1", "reached", "bp_cos reached the threshold"),
+        "final_cos": with_units(last_finite(cos), "1", "final BP cosine",
+                                "bp_cos at the end of the run"),
+        "final_relerr": with_units(last_finite(ds["bp_relerr"]), "1", "final relative error",
                                    "bp_relerr at the end of the run"),
-        "best_cos": with_units(cos.max("time"), "1", "highest bp_cos during the run"),
+        "best_cos": with_units(cos.max("time"), "1", "best BP cosine",
+                               "highest bp_cos during the run"),
     })
     if "weight_mask" in ds.variables:
         out["weight_mask"] = ds["weight_mask"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from ..labels import var_attrs
+
 REFERENCES = ("final", "bp_adjoint")
 
 
@@ -42,9 +44,12 @@ def require(ds: xr.Dataset, *names: str) -> None:
                        "per-layer series of README 'Dataset schema'")
 
 
-def with_units(da: xr.DataArray, units: str, long_name: str) -> xr.DataArray:
+def with_units(da: xr.DataArray, units: str, long_name: str,
+               description: str | None = None) -> xr.DataArray:
+    """``da`` with a short ``long_name`` (its axis label), ``units`` unless dimensionless
+    ("1": none) and the sentence in ``description`` (``ctpc.labels``)."""
     da = da.copy()
-    da.attrs = {"long_name": long_name, "units": units}
+    da.attrs = var_attrs(long_name, units, description)
     return da
 
 

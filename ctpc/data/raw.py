@@ -20,6 +20,7 @@ class RawSplit:
     scale:     ``x / scale`` is the [0, 1] pixel value (255, 16; 1 for .npz).
     mean, std: the source's default normalisation ``(x/scale - mean) / std``; None = none.
     where:     the config key and file it came from, to start error messages with.
+    names:     what the inputs and targets are called in messages (an .npz's array names).
     """
     x: np.ndarray
     labels: np.ndarray | None
@@ -29,6 +30,7 @@ class RawSplit:
     mean: float | None
     std: float | None
     where: str
+    names: tuple[str, str] = ("x", "y")
 
     @property
     def n(self) -> int:

@@ -44,20 +44,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-group", action="store_true",
                    help="run every cell on its own instead of grouping cells that share "
                         "shapes into replicas of one tensor program")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="print nothing but warnings and errors (no progress bar, no summary)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return cli.run_main("ctpc.sweep", lambda: _main(args))
+    again = cli.rerun_command("ctpc.sweep", argv)
+    return cli.run_main("ctpc.sweep", lambda: _main(args),
+                        rerun=f"to continue (finished cells are skipped), run: {again}")
 
 
 def _main(args) -> int:
     if args.dry_run:
         if args.scheduler is not None:
             check_scheduler_address(args.scheduler)
-        plan = plan_sweep(args.config, args.overrides, out=args.out)
+        # a cluster given by address has machines of its own: only a local run checks this one
+        plan = plan_sweep(args.config, args.overrides, out=args.out,
+                          check_machine=args.scheduler is None)
         for cell in plan.cells:
             print(f"{cell.key}  {plan.state(cell):6}  {cell.label}")
         damaged = f", {len(plan.damaged)} damaged (will rerun)" if plan.damaged else ""
@@ -68,15 +73,26 @@ def _main(args) -> int:
                    n_workers=args.workers, progress=not args.quiet,
                    command=cli.command_line("ctpc.sweep"), group=not args.no_group)
     a = ds.attrs
-    print(f"cells: {a['n_cells']} (ok {a['n_ok']}, diverged {a['n_diverged']}, "
-          f"error {a['n_error']}); per-cell files in {a['cells_dir']}")
-    print(f"wrote {a['path']}")
+    if not args.quiet:
+        print(f"cells: {summary_counts(a)}; per-cell files in {a['cells_dir']}")
+        print(f"wrote {a['path']}")
     if a["n_error"]:
         print(f"ctpc.sweep: {a['n_error']} cell(s) crashed; their messages are in the 'error' "
               "variable. Fix the cause and rerun the same command: only those cells run again.",
               file=sys.stderr)
         return EXIT_CELLS_FAILED
     return EXIT_OK
+
+
+def summary_counts(a: dict) -> str:
+    """``12 (reused 8, ran 4: ok 3, diverged 1, crashed 0; in all ok 10, diverged 2, crashed
+    0)`` from run_sweep's attributes: what this run reused and ran, and (when it reused any)
+    the outcome of every cell."""
+    ran = (f"ran {a['n_ran']}: ok {a['n_ran_ok']}, diverged {a['n_ran_diverged']}, crashed "
+           f"{a['n_ran_error']}")
+    total = (f"; in all ok {a['n_ok']}, diverged {a['n_diverged']}, crashed {a['n_error']}"
+             if a["n_reused"] else "")
+    return f"{a['n_cells']} (reused {a['n_reused']}, {ran}{total})"
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import yaml
 
 from .._version import __version__
 from ..io import VAR_ATTRS
+from ..labels import sweep_key_attrs, var_attrs
 from ..training.dataset import ATTRS as TRAINING_ATTRS
 from ..results import SERIES_LAYER, SERIES_SCALAR, SERIES_WEIGHT
 from .grid import Axis, Cell
@@ -36,28 +37,44 @@ TRAINING_VARIABLES = ("train_loss", "grad_norm", "weight_norm", "energy", "res_n
                       "lam_norm", "credit_norm", "train_acc", "test_acc", "train_mse",
                       "test_mse", "train_ce", "test_ce", "bp_cos_global", "bp_cos", "bp_relerr",
                       "eval_update", "eval_epoch", "eval_wall_time")
-# Per-cell attributes kept as variables over the sweep dims (units, meaning).
+# Per-cell attributes kept as variables over the sweep dims (ctpc.labels: short long_name,
+# units where there are any, description).
 CELL_SCALARS = {
-    "dt": ("ms", "integration step"), "tau_h": ("ms", "activity time constant"),
-    "tau_lambda": ("ms", "multiplier time constant (inf for PC)"),
-    "tau_e": ("ms", "error-neuron time constant"), "eta_h": ("1", "dt / tau_h"),
-    "alpha": ("1", "dt / tau_lambda"), "rho": ("1", "penalty"),
-    "n_steps": ("1", "steps asked for"), "steps_completed": ("1", "steps run"),
-    "diverged_at": ("ms", "time of the first out-of-bounds step (NaN if not diverged)"),
-    "wall_time_s": ("s", "wall time of the run"),
+    "dt": var_attrs("dt", "ms", "integration step"),
+    "tau_h": var_attrs("τ_h", "ms", "activity time constant"),
+    "tau_lambda": var_attrs("τ_λ", "ms", "multiplier time constant (inf for PC)"),
+    "tau_e": var_attrs("τ_e", "ms", "error-neuron time constant"),
+    "eta_h": var_attrs("η_h = dt/τ_h", None, "dt / tau_h"),
+    "alpha": var_attrs("α = dt/τ_λ", None, "dt / tau_lambda"),
+    "rho": var_attrs("penalty ρ", None, "penalty"),
+    "n_steps": var_attrs("steps asked for", None, "steps asked for"),
+    "steps_completed": var_attrs("steps run", None, "steps run"),
+    "diverged_at": var_attrs("divergence time", "ms",
+                             "time of the first out-of-bounds step (NaN if not diverged)"),
+    "wall_time_s": var_attrs("wall time", "s", "wall time of the run"),
 }
 TRAINING_SCALARS = {
-    "lr": ("1", "optimiser learning rate"), "eta_h": ("1", "dt / tau_h (state_lr)"),
-    "alpha": ("1", "dt / tau_lambda"), "rho": ("1", "penalty"), "dt": ("ms", "integration step"),
-    "n_steps": ("1", "inference budget (0 for bp)"), "n_updates": ("1", "updates asked for"),
-    "updates_completed": ("1", "updates run"),
-    "diverged_at_update": ("1", "first non-finite update (NaN if not diverged)"),
-    "final_train_acc": ("1", "training accuracy at the last evaluation"),
-    "final_test_acc": ("1", "test accuracy at the last evaluation"),
-    "wall_time_s": ("s", "wall time of the run; a cell run in a replica group has the "
-                         "group's, the same for every member"),
-    "train_time_s": ("s", "of which updates (the group's, likewise)"),
-    "samples_per_s": ("1/s", "training throughput of this replica"),
+    "lr": var_attrs("learning rate", None, "optimiser learning rate"),
+    "eta_h": var_attrs("η_h = dt/τ_h", None, "dt / tau_h (state_lr)"),
+    "alpha": var_attrs("α = dt/τ_λ", None, "dt / tau_lambda"),
+    "rho": var_attrs("penalty ρ", None, "penalty"),
+    "dt": var_attrs("dt", "ms", "integration step"),
+    "n_steps": var_attrs("inference budget", None, "inference budget in steps (0 for bp)"),
+    "n_updates": var_attrs("updates asked for", None, "updates asked for"),
+    "updates_completed": var_attrs("updates run", None, "updates run"),
+    "diverged_at_update": var_attrs("divergence update", None,
+                                    "first non-finite update (NaN if not diverged)"),
+    "final_train_acc": var_attrs("final train accuracy", None,
+                                 "training accuracy at the last evaluation"),
+    "final_test_acc": var_attrs("final test accuracy", None,
+                                "test accuracy at the last evaluation"),
+    "wall_time_s": var_attrs("wall time", "s",
+                             "wall time of the run; a cell run in a replica group has the "
+                             "group's, the same for every member"),
+    "train_time_s": var_attrs("training time", "s",
+                              "of the wall time, the updates (the group's, likewise)"),
+    "samples_per_s": var_attrs("samples per second", "1/s",
+                               "training throughput of this replica"),
 }
 TIME_DECIMALS = 9     # times are step*dt in ms; rounding makes equal times of different dt equal
 # What a cell of each kind keeps, and along which axes cells are padded to a common length.
@@ -142,35 +159,38 @@ def combine(axes: list[Axis], cells: list[Cell], summaries: dict[str, xr.Dataset
         for k in cell_scalars:
             scalars[k][i] = float(s[k])
 
-    coords = {"layer": ("layer", union["layer"], {"long_name": "hidden layer l (1 .. L-1)"}),
-              "weight": ("weight", union["weight"], {"long_name": "weight matrix W_l"})}
+    coords = {"layer": ("layer", union["layer"],
+                        var_attrs("hidden layer l", None, "hidden layer l (1 .. L-1)")),
+              "weight": ("weight", union["weight"],
+                         var_attrs("weight matrix W_l", None, "W_l (1 .. L) feeds layer l"))}
     if kind == "training":
-        coords["update"] = ("update", union["update"], {"long_name": "optimiser update"})
-        coords["eval"] = ("eval", union["eval"], {"long_name": "evaluation point"})
+        coords["update"] = ("update", union["update"],
+                            var_attrs("update", None, "optimiser update (1-based)"))
+        coords["eval"] = ("eval", union["eval"], var_attrs("evaluation", None, "evaluation point"))
     else:
-        coords["time"] = ("time", times, {"long_name": "simulated time", "units": "ms"})
+        coords["time"] = ("time", times, var_attrs("time", "ms", "simulated time"))
     for a in axes:
         for key in a.keys:
-            coords[key] = (a.dim, np.asarray(a.coord(key)),
-                           {"long_name": f"swept config key {key}"})
+            coords[key] = (a.dim, np.asarray(a.coord(key)), sweep_key_attrs(key))
     dts = scalars["dt"][np.isfinite(scalars["dt"])]
     if kind == "run" and dts.size and np.all(dts == dts[0]):  # one dt: `step` as in a run
         coords["step"] = ("time", np.round(times / dts[0]).astype(np.int64),
-                          {"long_name": "integration step", "units": "1"})
+                          var_attrs("step", None, "integration step"))
 
     data = {}
     for v in present:
-        data[v] = (tuple(dims) + var_dims[v], arrays[v], _attrs(v))
+        data[v] = (tuple(dims) + var_dims[v], arrays[v], _attrs(v, kind))
     for d, m in masks.items():
-        data[f"{d}_mask"] = (tuple(dims) + (d,), m,
-                             {"long_name": f"True where the cell has this {d} (else padding)"})
-    for k, (units, long_name) in cell_scalars.items():
-        data[k] = (tuple(dims), scalars[k], {"long_name": long_name, "units": units})
-    data["status"] = (tuple(dims), status.astype(str),
-                      {"long_name": "ok | diverged | error (crashed; rerun the sweep to retry)"})
-    data["error"] = (tuple(dims), error.astype(str), {"long_name": "error message of a crash"})
-    data["cell_file"] = (tuple(dims), cell_file.astype(str),
-                         {"long_name": "per-cell netCDF (full traces) in the cells directory"})
+        data[f"{d}_mask"] = (tuple(dims) + (d,), m, var_attrs(
+            f"{d} present", None, f"True where the cell has this {d} (else padding)"))
+    for k, attrs in cell_scalars.items():
+        data[k] = (tuple(dims), scalars[k], dict(attrs))
+    data["status"] = (tuple(dims), status.astype(str), var_attrs(
+        "cell status", None, "ok | diverged | error (crashed; rerun the sweep to retry)"))
+    data["error"] = (tuple(dims), error.astype(str),
+                     var_attrs("error message", None, "error message of a crash"))
+    data["cell_file"] = (tuple(dims), cell_file.astype(str), var_attrs(
+        "cell file", None, "per-cell netCDF (full traces) in the cells directory"))
     out = xr.Dataset(data, coords=coords)
 
     counts = {k: int((status == k).sum()) for k in ("ok", "diverged", "error")}
@@ -196,12 +216,9 @@ def combine(axes: list[Axis], cells: list[Cell], summaries: dict[str, xr.Dataset
     return out
 
 
-def _attrs(name: str) -> dict:
-    table = VAR_ATTRS if name in VAR_ATTRS else TRAINING_ATTRS
-    if name in table:
-        long_name, units = table[name]
-        return {"long_name": long_name, "units": units}
-    return {}
+def _attrs(name: str, kind: str = "run") -> dict:
+    tables = (TRAINING_ATTRS, VAR_ATTRS) if kind == "training" else (VAR_ATTRS, TRAINING_ATTRS)
+    return dict(next((t[name] for t in tables if name in t), {}))
 
 
 def sweep_dims(ds: xr.Dataset) -> list[str]:

@@ -15,24 +15,21 @@ config is validated before anything runs; an invalid value is a ConfigError nami
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError
+from ..identity import IDX_FILE_PREFIXES, NOT_HASHED, cell_key, input_digests  # noqa: F401
 from ..loading import load_config
-from ..memory import MB, record_bytes, streams
+from .cluster import check_cell
 
 # Keys a sweep cannot vary: they name the sweep itself or its output.
 FORBIDDEN_KEYS = ("sweep", "output", "name")
 # Config keys that hold paths: made absolute so workers started elsewhere find the same file.
 PATH_KEYS = (("data", "path"), ("network", "weights"))
-# A data.path directory (data.source: idx) is hashed over its MNIST-format files of both splits
-# (train-*, t10k-*): a run may read the other split too (e.g. for normalisation).
-IDX_FILE_PREFIXES = ("train-", "t10k-")
 SCALAR_TYPES = (str, int, float, bool)
 
 
@@ -69,19 +66,31 @@ def parse_axes(spec: dict[str, list] | None) -> list[Axis]:
         raise ConfigError("sweep: the config has no 'sweep:' section (or it is empty); add e.g. "
                           "sweep: {integrator.dt: [0.5, 1.0]} or use python -m ctpc.simulate "
                           "for a single run")
-    axes, seen = [], set()
-    for name, values in _flatten(spec).items():
+    axes, seen = [], {}                 # key -> how its entry is written
+    for name, values, path in _entries(spec):
         keys = tuple(k.strip() for k in str(name).split(","))
         where = f"sweep.{name}"
-        for key in keys:
+        spelling = _spelling(path, values)
+        for n, key in enumerate(keys):
             if not key or any(not part for part in key.split(".")):
                 raise ConfigError(f"{where}: empty key path; expected e.g. integrator.dt")
             if key.split(".")[0] in FORBIDDEN_KEYS:
                 raise ConfigError(f"{where}: {key!r} cannot be swept (it names the sweep or its "
                                   "output); sweep model keys such as integrator.dt")
-            if key in seen:
-                raise ConfigError(f"{where}: key {key!r} is swept twice; list it once")
-            seen.add(key)
+            if key in keys[:n]:
+                raise ConfigError(f"{where}: key {key!r} is listed twice in this linked group; "
+                                  "list it once")
+            for other, first in seen.items():
+                if other == key:
+                    raise ConfigError(
+                        f"sweep: {key} is given twice, as {first!r} and as {spelling!r}; give "
+                        "its values once, in one of them")
+                if other.startswith(key + ".") or key.startswith(other + "."):
+                    inner, outer = (other, key) if len(other) > len(key) else (key, other)
+                    raise ConfigError(
+                        f"sweep: {outer} and {inner} overlap ({inner} is inside {outer}), "
+                        f"given as {first!r} and as {spelling!r}; sweep {inner} only")
+        seen.update((key, spelling) for key in keys)
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}: expected a non-empty list of values, got {values!r}")
         rows = []
@@ -103,81 +112,43 @@ def parse_axes(spec: dict[str, list] | None) -> list[Axis]:
     return axes
 
 
-def _flatten(spec: dict, prefix: str = "") -> dict:
-    """Nested sections -> dotted keys: ``--set sweep.integrator.dt=[0.5,1]`` arrives as
-    {"integrator": {"dt": [...]}} and means the same as {"integrator.dt": [...]}."""
-    flat = {}
+def _entries(spec: dict, path: tuple[str, ...] = ()) -> list[tuple[str, Any, tuple]]:
+    """(dotted name, values, path of YAML keys) of each entry. Nested sections are dotted
+    keys: ``--set sweep.integrator.dt=[0.5,1]`` arrives as {"integrator": {"dt": [...]}} and
+    means the same as {"integrator.dt": [...]}. A key written both ways is kept twice (a dict
+    of names kept the last without a word), for :func:`parse_axes` to refuse."""
+    out = []
     for key, value in spec.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            out += _entries(value, path + (str(key),))
         else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+            out.append((".".join(path + (str(key),)), value, path + (str(key),)))
+    return out
+
+
+def _spelling(path: tuple[str, ...], values: Any) -> str:
+    """How an entry is written in the sweep section: ``integrator.dt: [0.5, 1.0]`` or
+    ``integrator: {dt: [0.25]}`` (long values shortened)."""
+    text = repr(values)
+    text = f"{path[-1]}: {text if len(text) <= 40 else text[:37] + '...'}"
+    for part in reversed(path[:-1]):
+        text = f"{part}: {{{text}}}"
+    return text
 
 
 def _absolute_paths(raw: dict) -> dict:
     for section, key in PATH_KEYS:
         value = (raw.get(section) or {}).get(key)
-        if value is not None and not Path(value).is_absolute():
+        if isinstance(value, str) and value.startswith("~"):     # as the schema does
+            value = raw[section][key] = os.path.expanduser(value)   # (unexpandable: refused)
+        if value is not None and not Path(value).is_absolute() and \
+                not str(value).startswith("~"):
             raw[section][key] = str(Path(value).resolve())
     return raw
 
 
-# Keys that do not change what a cell computes: left out of its hash. (memory_limit_gb only
-# decides whether a run may start.)
-NOT_HASHED = ("name", "description", "output", "sweep", "memory_limit_gb")
-
-
-def cell_key(cfg: Config, cache: dict | None = None) -> str:
-    """Hash of everything that determines the run (not its name/description/output): the
-    config, and the content of every input file it names (:func:`input_digests`), so a data or
-    weights file rewritten at the same path gives new keys and the cells run again."""
-    d = cfg.to_dict()
-    for k in NOT_HASHED:
-        d.pop(k, None)
-    digests = input_digests(cfg, cache)
-    if digests:      # configs without input files keep the keys they always had
-        d["input_sha256"] = digests
-    blob = json.dumps(d, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def input_digests(cfg: Config, cache: dict | None = None) -> dict[str, str]:
-    """SHA-256 of each input file the config names: ``network.weights``, and ``data.path`` (an
-    .npz file; for ``data.source: idx`` the directory's IDX files, names and bytes; see
-    IDX_FILE_PREFIXES). ``cache``: digests already computed, by file list (one plan's cells
-    share their files; a new plan reads them again, so a file rewritten in between is seen)."""
-    cache = {} if cache is None else cache
-    out = {}
-    if cfg.data.path is not None:
-        path = Path(cfg.data.path)
-        if path.is_dir():
-            files = tuple(sorted(p for p in path.iterdir()
-                                 if p.name.startswith(IDX_FILE_PREFIXES) and p.is_file()))
-        else:
-            files = (path,)
-        out["data.path"] = _digest(files, cache, "data.path")
-    if cfg.network.weights is not None:
-        out["network.weights"] = _digest((Path(cfg.network.weights),), cache, "network.weights")
-    return out
-
-
-def _digest(files: tuple[Path, ...], cache: dict, key: str) -> str:
-    """SHA-256 over the files' names and bytes."""
-    stamp = tuple(str(p.resolve()) for p in files)
-    if stamp not in cache:
-        h = hashlib.sha256()
-        for p in files:
-            h.update(p.name.encode() + b"\0")
-            try:
-                with open(p, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
-            except OSError as exc:
-                raise ConfigError(f"{key}: cannot read {str(p)!r} ({exc.strerror})") from None
-            h.update(b"\0")
-        cache[stamp] = h.hexdigest()
-    return cache[stamp]
+# What identifies a cell (NOT_HASHED, cell_key, input_digests) is ctpc.identity, shared with
+# training's --resume.
 
 
 def expand(base: dict, axes: list[Axis]) -> list[Cell]:
@@ -189,14 +160,10 @@ def expand(base: dict, axes: list[Axis]) -> list[Cell]:
         label = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
         try:
             cfg = load_config(base, overrides)
+            # what the cell's task would refuse before computing (the machine: plan_sweep)
+            check_cell(cfg, machine=False)
         except ConfigError as exc:
             raise ConfigError(f"sweep cell ({label}): {exc}") from None
-        if cfg.training is None and streams(cfg):
-            raise ConfigError(
-                f"sweep cell ({label}): record: the cell records {record_bytes(cfg) / MB:.3g} "
-                f"MB, above record.stream_mb = {cfg.record.stream_mb:g}; sweep cells keep their "
-                "records in memory. Record less (record.every, record.samples, "
-                "record.variables) or raise record.stream_mb")
         cells.append(Cell(index, overrides, cfg, cell_key(cfg, digests)))
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):

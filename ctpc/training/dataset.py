@@ -13,30 +13,48 @@ import numpy as np
 import xarray as xr
 
 from .._version import __version__
+from ..labels import var_attrs
 from .loop import EVAL_SCALARS, EVAL_WEIGHT, LAYER_SERIES, UPDATE_SERIES, TrainState
 from .setup import TrainSetup
 
+# Short long_name (the axis label), units only where there are any, the sentence in
+# description (ctpc.labels). Accuracies are fractions, losses and norms dimensionless.
 ATTRS = {
-    "train_loss": ("training loss l = 1/2 |y_hat - y|^2 (batch mean) at the feed-forward point, "
-                   "before the update", "1"),
-    "grad_norm": ("norm of the weight update direction (the rule's dL/dW, all matrices)", "1"),
-    "weight_norm": ("norm of all weights after the update", "1"),
-    "energy": ("L_rho at the end of the inference (PC: F; BP: none)", "1"),
-    "res_norm": ("RMS over the batch of the residual norm ||r_l|| at the end of inference", "1"),
-    "lam_norm": ("RMS over the batch of the multiplier norm ||lambda_l|| at the end", "1"),
-    "credit_norm": ("RMS over the batch of the credit norm ||rho r_l + lambda_l|| at the end",
-                    "1"),
-    "train_acc": ("accuracy (argmax) on the whole training split", "1"),
-    "test_acc": ("accuracy (argmax) on the whole test split", "1"),
-    "train_mse": ("1/2 |y_hat - y|^2, mean over the training split", "1"),
-    "test_mse": ("1/2 |y_hat - y|^2, mean over the test split", "1"),
-    "train_ce": ("cross-entropy of softmax(y_hat), mean over the training split", "1"),
-    "test_ce": ("cross-entropy of softmax(y_hat), mean over the test split", "1"),
-    "bp_cos": ("cosine between the rule's dL/dW_l and BP's on the probe batch", "1"),
-    "bp_relerr": ("relative error of the rule's dL/dW_l against BP's on the probe batch", "1"),
-    "bp_cos_global": ("cosine between the whole-network update and BP's on the probe batch",
-                      "1"),
-    "eval_wall_time": ("wall time since the start of the run at the evaluation", "s"),
+    "train_loss": var_attrs("training loss", None,
+                            "training loss l = 1/2 |y_hat - y|^2 (batch mean) at the "
+                            "feed-forward point, before the update"),
+    "grad_norm": var_attrs("update norm ‖dL/dW‖", None,
+                           "norm of the weight update direction (the rule's dL/dW, all "
+                           "matrices)"),
+    "weight_norm": var_attrs("weight norm ‖W‖", None, "norm of all weights after the update"),
+    "energy": var_attrs("energy L_ρ", None, "L_rho at the end of the inference (PC: F; BP: none)"),
+    "res_norm": var_attrs("residual norm ‖r_l‖", None,
+                          "RMS over the batch of the residual norm ||r_l|| at the end of "
+                          "inference"),
+    "lam_norm": var_attrs("multiplier norm ‖λ_l‖", None,
+                          "RMS over the batch of the multiplier norm ||lambda_l|| at the end"),
+    "credit_norm": var_attrs("credit norm ‖g_l‖", None,
+                             "RMS over the batch of the credit norm ||rho r_l + lambda_l|| at "
+                             "the end"),
+    "train_acc": var_attrs("train accuracy", None, "accuracy (argmax) on the whole training split"),
+    "test_acc": var_attrs("test accuracy", None, "accuracy (argmax) on the whole test split"),
+    "train_mse": var_attrs("train MSE", None, "1/2 |y_hat - y|^2, mean over the training split"),
+    "test_mse": var_attrs("test MSE", None, "1/2 |y_hat - y|^2, mean over the test split"),
+    "train_ce": var_attrs("train cross-entropy", None,
+                          "cross-entropy of softmax(y_hat), mean over the training split"),
+    "test_ce": var_attrs("test cross-entropy", None,
+                         "cross-entropy of softmax(y_hat), mean over the test split"),
+    "bp_cos": var_attrs("BP cosine", None,
+                        "cosine between the rule's dL/dW_l and BP's on the probe batch"),
+    "bp_relerr": var_attrs("relative error", None,
+                           "relative error of the rule's dL/dW_l against BP's on the probe batch"),
+    "bp_cos_global": var_attrs("BP cosine, all weights", None,
+                               "cosine between the whole-network update and BP's on the probe "
+                               "batch"),
+    "eval_wall_time": var_attrs("wall time", "s",
+                                "wall time since the start of the run at the evaluation"),
+    "eval_update": var_attrs("update", None, "updates done at the evaluation"),
+    "eval_epoch": var_attrs("epoch", None, "epochs done at the evaluation"),
 }
 
 
@@ -61,18 +79,21 @@ def training_dataset(setup: TrainSetup, state: TrainState, replica: int,
                    np.array([e[k][:, replica] for e in ev], dtype=float).reshape(len(ev), L))
     data["eval_wall_time"] = (("eval",), np.array([e["wall_s"] for e in ev], dtype=float))
     coords = {
-        "update": ("update", np.arange(1, n_up + 1), {"long_name": "optimiser update (1-based)"}),
-        "eval": ("eval", np.arange(len(ev)), {"long_name": "evaluation point"}),
+        "update": ("update", np.arange(1, n_up + 1),
+                   var_attrs("update", None, "optimiser update (1-based)")),
+        "eval": ("eval", np.arange(len(ev)), var_attrs("evaluation", None, "evaluation point")),
         "eval_update": ("eval", np.array([e["update"] for e in ev], dtype=np.int64),
-                        {"long_name": "updates done at the evaluation"}),
+                        ATTRS["eval_update"]),
         "eval_epoch": ("eval", np.array([e["epoch"] for e in ev], dtype=float),
-                       {"long_name": "epochs done at the evaluation"}),
-        "layer": ("layer", np.arange(1, H + 1), {"long_name": "hidden layer l (1 .. L-1)"}),
-        "weight": ("weight", np.arange(1, L + 1), {"long_name": "weight matrix W_l (1 .. L)"}),
+                       ATTRS["eval_epoch"]),
+        "layer": ("layer", np.arange(1, H + 1),
+                  var_attrs("hidden layer l", None, "hidden layer l (1 .. L-1)")),
+        "weight": ("weight", np.arange(1, L + 1),
+                   var_attrs("weight matrix W_l", None, "W_l (1 .. L) feeds layer l")),
     }
     ds = xr.Dataset(data, coords=coords)
-    for name, (long_name, units) in ATTRS.items():
-        ds[name].attrs.update(long_name=long_name, units=units)
+    for name, attrs in ATTRS.items():
+        ds[name].attrs.update(attrs)
     ds.attrs = _attributes(setup, state, cfg, diverged, command)
     return ds
 

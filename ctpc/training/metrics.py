@@ -13,21 +13,27 @@ def evaluate(net: Network, w: Weights, x: torch.Tensor, labels: torch.Tensor,
              y: torch.Tensor, chunk: int) -> dict[str, torch.Tensor]:
     """Accuracy (argmax), MSE (1/2 |y_hat - y|^2, mean over examples) and cross-entropy of
     softmax(y_hat), each [R], over a whole split x [n, D] (shared by the R replicas),
-    labels [n], one-hot y [n, O]; ``chunk`` examples per forward pass."""
+    labels [n], one-hot y [n, O]; ``chunk`` examples per forward pass.
+
+    A replica with any non-finite output (NaN or inf, e.g. a float32 overflow) gets NaN
+    accuracy: argmax of such outputs is no prediction, and a number would pass for a result."""
     R, n = w.replicas, x.shape[0]
     hits = torch.zeros(R, device=x.device, dtype=x.dtype)
     mse = torch.zeros_like(hits)
     ce = torch.zeros_like(hits)
+    finite = torch.ones(R, device=x.device, dtype=torch.bool)
     for start in range(0, n, chunk):
         xb = x[start:start + chunk].expand(R, -1, -1)
         y_hat = net.forward_output(w, xb)                            # [R, b, O]
         lb, yb = labels[start:start + chunk], y[start:start + chunk]
+        finite &= torch.isfinite(y_hat).flatten(1).all(-1)
         hits += (y_hat.argmax(-1) == lb).sum(-1)
         mse += 0.5 * (y_hat - yb).square().sum((-2, -1))
         ce += torch.nn.functional.cross_entropy(
             y_hat.reshape(-1, y_hat.shape[-1]), lb.repeat(R), reduction="none"
         ).view(R, -1).sum(-1)
-    return {"acc": hits / n, "mse": mse / n, "ce": ce / n}
+    acc = torch.where(finite, hits / n, torch.full_like(hits, float("nan")))
+    return {"acc": acc, "mse": mse / n, "ce": ce / n}
 
 
 def probe_alignment(rule, net: Network, w: Weights, x: torch.Tensor, y: torch.Tensor):

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from ..config import Config, ConfigError, TrainingConfig
-from ..data import DataSplit, load_split
+from ..data import DataSplit, labelled_split_size, load_split
 from ..fused import check_compiler, keep_freed_buffers
-from ..integrators import GaussSeidel, make_solver
-from ..model import Model, build_model
+from ..integrators import make_solver
+from ..model import Model, build_model, resolve_device
+from ..schemes import scheme as scheme_info
 from .plasticity import plastic_solver
 from .rules import BPRule, FusedInferenceRule, InferenceRule, PlasticRule
 
@@ -90,7 +91,7 @@ def make_rule(cfg: Config, model: Model):
     it, t = cfg.integrator, training_config(cfg)
     solver = make_solver(model.dyn, it.scheme, model.dt, inner_steps=it.inner_steps,
                          weight_credit_timing=it.weight_credit_timing)
-    if fusable(cfg, solver, model.x.device):
+    if fusable(cfg, model.x.device):
         check_compiler()
         keep_freed_buffers()
         return FusedInferenceRule(model.dyn, solver, it.n_steps, model.rates,
@@ -101,14 +102,54 @@ def make_rule(cfg: Config, model: Model):
     return rule
 
 
-def fusable(cfg: Config, solver, device: torch.device) -> bool:
-    """Whether a training update runs as one compiled presentation (:mod:`ctpc.fused`):
-    ``integrator.compile`` (true, 'unrolled' or 'loop') on the CPU, a Gauss-Seidel scheme,
-    instantaneous error neurons, no continuous plasticity. (Elsewhere compile is ignored by
-    training.)"""
-    return (cfg.integrator.compile_mode is not None and isinstance(solver, GaussSeidel)
-            and not solver.dyn.leaky and training_config(cfg).plasticity != "continuous"
+def fusable(cfg: Config, device: torch.device) -> bool:
+    """Whether a PC / PC-ALM training update runs as one compiled presentation
+    (:mod:`ctpc.fused`): ``integrator.compile`` (true, 'unrolled' or 'loop') on the CPU, a
+    Gauss-Seidel scheme, instantaneous error neurons, no continuous plasticity. (Elsewhere
+    compile is ignored by training.)"""
+    return (cfg.integrator.compile_mode is not None
+            and scheme_info(cfg.integrator.scheme).gauss_seidel
+            and not cfg.dynamics.tau_e > 0 and training_config(cfg).plasticity != "continuous"
             and device.type == "cpu")
+
+
+def check_machine(cfg: Config) -> None:
+    """What a training run of ``cfg`` refuses on the machine that runs it, before building
+    anything (ConfigError): its device (:func:`ctpc.model.resolve_device`), CUDA graphs off
+    CUDA, and a compiled presentation (:func:`fusable`) without a C++ compiler."""
+    device = resolve_device(cfg.device)
+    if training_config(cfg).cuda_graph and device.type != "cuda":
+        raise ConfigError("training.cuda_graph: true needs a CUDA device; this run is on the "
+                          "CPU (set device: cuda on a GPU machine, or cuda_graph: false)")
+    if cfg.dynamics.method != "bp" and fusable(cfg, device):
+        check_compiler()
+
+
+def check_data(cfg: Config) -> None:
+    """What a training run of ``cfg`` refuses in its data before building anything
+    (ConfigError): both splits must hold class labels, and the training split must fill the
+    schedule (:func:`schedule`). Reads the (cached) files, normalises nothing."""
+    n_train = labelled_split_size(cfg.data, cfg.network, "train")
+    labelled_split_size(cfg.data, cfg.network, "test")
+    schedule(cfg, n_train)
+
+
+def schedule(cfg: Config, n_train: int) -> tuple[int, int]:
+    """(updates per epoch, total updates) of a training run on ``n_train`` examples;
+    ConfigError when the data cannot fill a batch or the probe batch."""
+    t, b = training_config(cfg), cfg.data.batch_size
+    per_epoch = n_train // b if cfg.data.drop_last else -(-n_train // b)
+    if per_epoch == 0:
+        raise ConfigError(f"data.batch_size ({b}) is larger than the {n_train} training "
+                          "examples and data.drop_last is true: no full batch; lower "
+                          "data.batch_size or set data.drop_last: false")
+    total = t.epochs * per_epoch
+    if t.max_updates is not None:
+        total = min(total, t.max_updates)
+    if t.probe_size is not None and t.probe_size > n_train:
+        raise ConfigError(f"training.probe_size ({t.probe_size}) exceeds the {n_train} "
+                          "training examples; lower it, or set it to null (data.batch_size)")
+    return per_epoch, total
 
 
 def build_training(cfgs: Config | list[Config]) -> TrainSetup:
@@ -123,17 +164,6 @@ def build_training(cfgs: Config | list[Config]) -> TrainSetup:
     dev, dtype = model.net.device, model.net.dtype
     train = DeviceSplit.of(load_split(cfg.data, cfg.network, "train"), dev, dtype)
     test = DeviceSplit.of(load_split(cfg.data, cfg.network, "test"), dev, dtype)
-    t, b = training_config(cfg), cfg.data.batch_size
-    per_epoch = train.n // b if cfg.data.drop_last else -(-train.n // b)
-    if per_epoch == 0:
-        raise ConfigError(f"data.batch_size ({b}) is larger than the {train.n} training "
-                          "examples and data.drop_last is true: no full batch; lower "
-                          "data.batch_size or set data.drop_last: false")
-    total = t.epochs * per_epoch
-    if t.max_updates is not None:
-        total = min(total, t.max_updates)
-    if t.probe_size is not None and t.probe_size > train.n:
-        raise ConfigError(f"training.probe_size ({t.probe_size}) exceeds the {train.n} "
-                          "training examples")
+    per_epoch, total = schedule(cfg, train.n)
     return TrainSetup(cfgs, model, make_rule(cfg, model), train, test, resolved_lr(cfg),
                       per_epoch, total)

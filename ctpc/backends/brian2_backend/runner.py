@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -57,8 +58,7 @@ class _Context:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.plan = plan_recording(cfg)                   # refuses oversized traces first
-        self.spec = model_spec(cfg)
+        self.plan, self.spec = check(cfg)                 # refuses what cannot run first
         self.model = build_model(cfg, torch.device("cpu"))
         self.dtype = self.model.net.dtype
         self.p = self.model.params()
@@ -67,11 +67,21 @@ class _Context:
         it = cfg.integrator
         self.spec.constants["bound"] = (float(divergence_bounds(
             self.model.dyn.initial_state(self.p), it.divergence_bound, it.growth_bound)[0]), "1")
-        if cfg.brian2.target == "cpp_standalone":
-            check_state_monitor_size(cfg, self.plan, self.spec)
 
     def recorder(self, plan: RecordPlan | None = None) -> Recorder:
         return Recorder(self.model.dyn, plan or self.plan, self.bp, replicas=1)
+
+
+def check(cfg: Config) -> tuple[RecordPlan, ModelSpec]:
+    """What a Brian2 run of ``cfg`` refuses before it builds anything (ConfigError): oversized
+    traces, and for cpp_standalone its full-state monitors (:func:`check_state_monitor_size`).
+    Returns the record plan and model spec. A sweep calls it for every Brian2 cell before any
+    cell runs (:func:`ctpc.run.check_simulation`)."""
+    plan = plan_recording(cfg)
+    spec = model_spec(cfg)
+    if cfg.brian2.target == "cpp_standalone":
+        check_state_monitor_size(cfg, plan, spec)
+    return plan, spec
 
 
 def check_state_monitor_size(cfg: Config, plan: RecordPlan, spec: ModelSpec) -> None:
@@ -117,6 +127,9 @@ def simulate_steps(ctx: _Context, n_steps: int, progress: bool, watch: bool) -> 
     project = targets.standalone_dir(cfg, ctx.spec.structure_hash()) if standalone else None
     # cython compiles while objects are created (synapse creation is code too): both the
     # assembly and the run are inside the compile-error translation
+    note = targets.build_note(cfg, ctx.spec.structure_hash()) if progress else None
+    if note:
+        print(f"ctpc: {note}", file=sys.stderr, flush=True)
     with targets.session(cfg), _compile_errors(cfg, project), np.errstate(all="ignore"):
         run = _assemble(ctx, n_steps, watch)
         bar, report = _progress(n_steps, progress and not standalone,
@@ -129,9 +142,11 @@ def simulate_steps(ctx: _Context, n_steps: int, progress: bool, watch: bool) -> 
                            report_period=0.5 * b2.second)
         if not standalone:
             # runtime: the run includes creating (cython: loading or compiling) code objects
+            targets.mark_built(cfg, ctx.spec.structure_hash())
             return _collect(ctx, run, n_steps, {"brian2_run_s": time.perf_counter() - t0})
         with targets.project_lock(project):
             b2.device.build(directory=str(project), compile=True, run=True, with_output=False)
+            targets.mark_built(cfg, ctx.spec.structure_hash())
             timers = b2.get_device().timers
             return _collect(ctx, run, n_steps, {"brian2_run_s": timers["run_binary"],
                                                 "brian2_compile_s": timers["compile"]["make"]})

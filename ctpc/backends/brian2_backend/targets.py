@@ -40,6 +40,36 @@ def standalone_dir(cfg: Config, structure_hash: str) -> Path:
     return build_dir(cfg) / "cpp_standalone" / f"{name}-{cfg.dtype}-{structure_hash}"
 
 
+def _built_marker(cfg: Config, structure_hash: str) -> Path:
+    """An empty file that says this target has built this network structure in this cache."""
+    return build_dir(cfg) / "built" / f"{cfg.brian2.target}-{cfg.dtype}-{structure_hash}"
+
+
+def build_note(cfg: Config, structure_hash: str) -> str | None:
+    """What a compiled target is about to do, for the user (a cold build takes minutes while
+    the progress bar cannot move): None for numpy and for a structure built before."""
+    target = cfg.brian2.target
+    if target == "numpy" or _built_marker(cfg, structure_hash).exists():
+        return None
+    where = standalone_dir(cfg, structure_hash) if target == "cpp_standalone" else \
+        build_dir(cfg) / "cython"
+    what = ("compiling the C++ project" if target == "cpp_standalone" else
+            "compiling the model's Cython code objects")
+    return (f"brian2/{target}: first run of this network structure: {what} (10-300 s); it is "
+            f"cached in {where} and later runs of the same structure start in seconds")
+
+
+def mark_built(cfg: Config, structure_hash: str) -> None:
+    if cfg.brian2.target == "numpy":
+        return
+    marker = _built_marker(cfg, structure_hash)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:           # a read-only cache only costs the note next time
+        pass
+
+
 @contextlib.contextmanager
 def session(cfg: Config):
     """Brian2 prefs and device for this run; everything global is restored afterwards."""
