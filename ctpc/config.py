@@ -372,14 +372,16 @@ class Config(_Strict):
         why = ("the name becomes file names (the default output runs/NAME.nc); it defaults to "
                "the config file's name")
         if "\0" in name:
-            raise ValueError(f"holds a NUL byte, which no file name can hold ({why}); remove it")
+            raise ValueError(f"the name holds a NUL byte, which no file name can hold ({why}); "
+                             "remove it")
         if "/" in name or "\\" in name or name in (".", ".."):
             raise ValueError(f"{name!r} is not a plain file name (no '/' or '\\', not '.' or "
                              f"'..': {why}); use e.g. {_plain_name(name)!r}, and give the "
                              "output path with output: or --out")
         if len(name.encode("utf-8")) > NAME_MAX_BYTES:
-            raise ValueError(f"is {len(name.encode('utf-8'))} bytes long; {why}, and file "
-                             f"systems allow 255 bytes per name: use at most {NAME_MAX_BYTES}")
+            raise ValueError(f"the name is {len(name.encode('utf-8'))} bytes long (UTF-8); "
+                             f"{why}, and file systems allow 255 bytes per name: use at most "
+                             f"{NAME_MAX_BYTES}")
         return name
 
     @field_validator("output", mode="before")
@@ -391,7 +393,8 @@ class Config(_Strict):
                 raise ValueError("empty path; give a file name such as runs/run.nc, or null "
                                  "for the default runs/<name>.nc")
             if "\0" in value:
-                raise ValueError("holds a NUL byte, which no file name can hold; remove it")
+                raise ValueError("the path holds a NUL byte, which no file name can hold; "
+                                 "remove it")
             last = value.rstrip("/").rpartition("/")[2]
             if value.endswith("/") or last in (".", ".."):
                 raise ValueError(f"{value!r} names a directory; give a file path inside it, "

@@ -75,9 +75,10 @@ def _suggestion(loc) -> str | None:
     return elsewhere[0] if elsewhere else None
 
 
-def _override_of(loc: tuple, texts: dict[str, str]) -> tuple[str | None, bool]:
+def _override_of(loc: tuple, texts: dict[str, str], base: dict | None) -> tuple[str | None, bool]:
     """(the --set text of the override that set the key path ``loc`` or a key inside it,
-    whether that override alone set it: ``loc`` is the override's key or inside it)."""
+    whether that override alone set it: ``loc`` is the override's key or inside it, or a
+    section the config ``base`` had not before the overrides)."""
     path = ".".join(str(p) for p in loc)
     if not path:
         return None, False
@@ -85,13 +86,17 @@ def _override_of(loc: tuple, texts: dict[str, str]) -> tuple[str | None, bool]:
         if path == dotted or path.startswith(dotted + "."):
             return text, True
     for dotted, text in texts.items():
-        if dotted.startswith(path + "."):       # a section the file and the override share
-            return text, False
+        if dotted.startswith(path + "."):       # a section: the file's too, unless it is new
+            node = base
+            for part in loc:
+                node = node.get(str(part)) if isinstance(node, dict) else None
+            return text, node is None
     return None, False
 
 
 def _format_validation_error(err: ValidationError, where: str,
-                             override_texts: dict[str, str] | None = None) -> str:
+                             override_texts: dict[str, str] | None = None,
+                             base: dict | None = None) -> str:
     lines, from_set = [], 0
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -109,7 +114,7 @@ def _format_validation_error(err: ValidationError, where: str,
                     "out in full, e.g. 1000000)")
         got_txt = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) \
             else f" (got {_short(got)})"
-        text, alone = _override_of(e["loc"], override_texts or {})
+        text, alone = _override_of(e["loc"], override_texts or {}, base)
         if text is not None:
             from_set += alone
             got_txt += f" [--set {_clip(text, 80)}]"
@@ -398,13 +403,15 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def validate(raw: dict, where: str = "", override_texts: dict[str, str] | None = None) -> Config:
+def validate(raw: dict, where: str = "", override_texts: dict[str, str] | None = None,
+             base: dict | None = None) -> Config:
     """Schema validation only (no files touched). ``override_texts`` ({dotted key: the --set
-    text}) names the override behind an invalid key instead of the file."""
+    text}) names the override behind an invalid key instead of the file (``base``: the config
+    before the overrides)."""
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, where, override_texts)) from None
+        raise ConfigError(_format_validation_error(err, where, override_texts, base)) from None
 
 
 def load_config(source: Union[str, Path, dict, Config], overrides=None, *,
@@ -427,7 +434,7 @@ def load_config(source: Union[str, Path, dict, Config], overrides=None, *,
         raw.setdefault("name", Path(source).stem)
     items = override_items(overrides)
     texts = {dotted: text for dotted, _, text in items if text is not None}
-    cfg = validate(_apply(raw, items), where, texts)
+    cfg = validate(_apply(raw, items), where, texts, raw)
     return resolve(cfg) if resolve_files else cfg
 
 

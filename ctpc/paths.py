@@ -161,7 +161,7 @@ def _expanded(raw: str, what: str) -> Path:
         raise OutputError(f"{what} {raw!r} {problem}")
     last = raw.replace(os.sep, "/").rstrip("/").rpartition("/")[2]
     if raw.endswith(("/", os.sep)) or last in (".", ".."):
-        example = os.path.join(raw, "run.nc")
+        example = os.path.join(os.path.normpath(raw), "run.nc")
         raise OutputError(f"{what} {raw!r} names a directory (it ends in "
                           f"{'/' if raw.endswith(('/', os.sep)) else repr(last)}); give a file "
                           f"path inside it, e.g. {example!r}")
@@ -296,9 +296,9 @@ def check_outputs(out: str | Path, what: str = "--out", *,
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise OutputError(f"{what} {str(path)!r} exists and is read-only; remove it or choose "
                           "another output path")
-    if create:
-        keep = [p for _, p in inputs]
-        for target, _, kind in targets:
+    if create:      # (the files of ``also`` are in a directory of their own: see
+        keep = [p for _, p in inputs]                 # remove_stale_temporaries_in)
+        for target, _, kind in targets[:1 + len(companions)]:
             if kind != "cells":
                 remove_stale_temporaries(target, keep=keep)
     return path

@@ -24,8 +24,9 @@ def parser() -> argparse.ArgumentParser:
                     "training history as netCDF, the final weights beside it.",
         epilog=cli.EXIT_CODES_EPILOG)
     cli.add_run_arguments(p, out_help="output .nc path (default: config 'output', else "
-                                      "runs/NAME.nc); also writes NAME.weights.npz and the "
-                                      "checkpoint NAME.ckpt.pt beside it")
+                                      "runs/NAME.nc; it must end in .nc); also writes "
+                                      "NAME.weights.npz and the checkpoint NAME.ckpt.pt "
+                                      "beside NAME.nc")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override 'device'")
     p.add_argument("--resume", action="store_true",
                    help="continue the run at the output from its checkpoint (same command + "

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ctpc.sweep import groups
+from ctpc.paths import companion_path
 from ctpc.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ def run(variant: str, args, out_dir: Path):
                      f"sweep.network.activation=[{args.activations}]",
                      f"training.max_updates={updates}", f"training.eval_every={updates}"]
     out = out_dir / f"{variant}.nc"
-    shutil.rmtree(out.with_suffix(".cells"), ignore_errors=True)
+    shutil.rmtree(companion_path(out, "cells"), ignore_errors=True)
     out.unlink(missing_ok=True)
     fractions = groups.CACHE_FRACTION, groups.REPLICA_FRACTION
     if variant == "uncapped":          # the client groups; workers only run

@@ -30,6 +30,7 @@ import ctpc.sweep as sweep_mod
 from ctpc.config import Config, ConfigError
 from ctpc.io import ResultsError, open_results
 from ctpc.loading import load_config
+from ctpc.paths import companion_path
 from ctpc.recording import plan_recording
 from ctpc.simulate import main as simulate_main
 from ctpc.sweep.__main__ import main as sweep_main
@@ -451,7 +452,7 @@ def test_refused_scheduler_fails_fast_and_leaves_nothing(work, capsys):
                                  "--scheduler", f"tcp://127.0.0.1:{port}"], capsys)
     check(code, err, 2, [f"127.0.0.1:{port}", "connection refused", "dask scheduler"])
     assert time.perf_counter() - t0 < 5
-    assert not out.with_suffix(".cells").exists() and not out.exists()
+    assert not companion_path(out, "cells").exists() and not out.exists()
 
 
 def test_failed_cluster_start_leaves_no_cells_directory(work, monkeypatch, capsys):
@@ -467,7 +468,7 @@ def test_failed_cluster_start_leaves_no_cells_directory(work, monkeypatch, capsy
     out = work / "nostart.nc"
     check(*cli(sweep_main, [work / "sweep.yaml", "--out", out, "--quiet"], capsys), 2,
           ["could not start"])
-    assert not out.with_suffix(".cells").exists()
+    assert not companion_path(out, "cells").exists()
 
 
 # ======================================================================= sweeps that run
@@ -504,13 +505,13 @@ def test_rewritten_data_file_reruns_the_cells(tmp_path, inproc, capsys):
     out = tmp_path / "d.nc"
     assert run_sweep_cli(cfg, out, inproc, capsys)[0] == 0
     first = open_results(out).load()
-    keys = {p.name for p in out.with_suffix(".cells").glob("*.nc")}
+    keys = {p.name for p in companion_path(out, "cells").glob("*.nc")}
     _npz(data, 1)                                  # overwrite: other examples, same shape
     code, stdout, _ = run_sweep_cli(cfg, out, inproc, capsys, "--dry-run")
     assert code == 0 and stdout.count("to run") == 2
     assert run_sweep_cli(cfg, out, inproc, capsys)[0] == 0
     second = open_results(out).load()
-    assert {p.name for p in out.with_suffix(".cells").glob("*.nc")} - keys   # new files
+    assert {p.name for p in companion_path(out, "cells").glob("*.nc")} - keys   # new files
     assert not np.allclose(first.loss.values, second.loss.values)
 
 
@@ -601,10 +602,10 @@ def test_damaged_cell_file_is_recomputed(name, damage, why, finished_sweep, tmp_
     warns in one line, computes the cell again and writes the combined file."""
     cfg, done_out = finished_sweep
     out = tmp_path / "s.nc"
-    shutil.copytree(done_out.with_suffix(".cells"), out.with_suffix(".cells"))
-    files = sorted(out.with_suffix(".cells").glob("*.nc"))
+    shutil.copytree(companion_path(done_out, "cells"), companion_path(out, "cells"))
+    files = sorted(companion_path(out, "cells").glob("*.nc"))
     victim, other = files
-    damage(out.with_suffix(".cells"), victim, other)
+    damage(companion_path(out, "cells"), victim, other)
     code, stdout, _ = run_sweep_cli(cfg, out, inproc, capsys, "--dry-run")
     assert code == 0
     assert stdout.count("damaged, will rerun") == 1 and "1 damaged" in stdout, stdout

@@ -244,6 +244,19 @@ def _fifo(path: Path) -> Path:
     return path
 
 
+def _null_device(tmp_path: Path) -> Path:
+    """/dev/null where this process cannot replace it (not root); as root, a character device
+    of our own (the same major/minor as /dev/null), so a regression replaces only that one."""
+    if not os.access("/dev", os.W_OK):
+        return Path("/dev/null")
+    node = tmp_path / "null"
+    try:
+        os.mknod(node, stat.S_IFCHR | 0o666, os.stat("/dev/null").st_rdev)
+    except (PermissionError, OSError):
+        pytest.skip("/dev is writable here but no device node can be made to stand in for it")
+    return node
+
+
 @pytest.mark.parametrize("case", ["simulate --out /dev/null", "simulate --out FIFO",
                                   "train --out FIFO", "train: the weights file is a FIFO",
                                   "train: the checkpoint is a directory",
@@ -251,7 +264,7 @@ def _fifo(path: Path) -> Path:
 def test_non_regular_outputs_are_refused(case, tmp_path, no_cluster, capsys):
     if case.startswith("simulate"):
         main, config = simulate_main, write_yaml(tmp_path / "c.yaml", BASE)
-        out = "/dev/null" if "/dev/null" in case else _fifo(tmp_path / "f.nc")
+        out = _null_device(tmp_path) if "/dev/null" in case else _fifo(tmp_path / "f.nc")
         needles = ["character device" if "/dev/null" in case else "FIFO", "not a regular file"]
     elif case.startswith("train"):
         main, config = train_main, train_inputs(tmp_path)["config file"]
@@ -269,7 +282,7 @@ def test_non_regular_outputs_are_refused(case, tmp_path, no_cluster, capsys):
         main, config = sweep_main, _sweep_config(tmp_path)
         out = tmp_path / "s.nc"
         if "/dev/null" in case:
-            out, needles = "/dev/null", ["character device"]
+            out, needles = _null_device(tmp_path), ["character device"]
         else:
             key = plan_sweep(str(config), out=out).cells[1].key
             (tmp_path / "s.cells").mkdir()
@@ -278,7 +291,7 @@ def test_non_regular_outputs_are_refused(case, tmp_path, no_cluster, capsys):
     before = tree(tmp_path)
     code, err = cli(main, [config, "--out", out, "--quiet"], capsys)
     check(code, err, 2, needles)
-    assert tree(tmp_path) == before
+    assert tree(tmp_path) == before          # the FIFO, device node, directory still there
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
 
 

@@ -8,6 +8,7 @@ in-process scheduler; only the interrupt tests start a real local cluster in a c
 """
 import contextlib
 import http.server
+import importlib.util
 import os
 import signal
 import socket
@@ -140,6 +141,15 @@ CELLS = [
     pytest.param("cuda graphs on a CPU", TRAIN, {"training.cuda_graph": [False, True]},
                  ["training.cuda_graph=True", "training.cuda_graph: true needs a CUDA device"],
                  marks=pytest.mark.skipif(HAS_CUDA, reason="this machine has a GPU")),
+    pytest.param("brian2 cpp_standalone state monitors",
+                 {**BASE, "backend": "brian2", "network": {**BASE["network"], "width": 64},
+                  "integrator": {"scheme": "euler", "dt": 1.0, "steps": 2000},
+                  "record": {"samples": [0], "units": [0], "layers": [1], "variables": ["h"],
+                             "max_mb": 1}, "brian2": {"target": "cpp_standalone"}},
+                 {"seed": [0, 1]},
+                 ["sweep cell (seed=0)", "brian2.target cpp_standalone keeps the full state"],
+                 marks=pytest.mark.skipif(importlib.util.find_spec("brian2") is None,
+                                          reason="brian2 is not installed")),
     pytest.param("device cuda without a GPU", BASE, {"device": ["cpu", "cuda"]},
                  ["device='cuda'", "sees no CUDA GPU"],
                  marks=pytest.mark.skipif(HAS_CUDA, reason="this machine has a GPU")),

@@ -7,6 +7,7 @@ import pytest
 
 import ctpc
 from ctpc.run import simulate_replicas
+from ctpc.paths import companion_path
 from ctpc.training import train_replicas, prepare_config
 from ctpc.sweep import run_sweep
 
@@ -127,5 +128,5 @@ def test_grouped_sweep_equals_cell_by_cell(tmp_path):
                                    err_msg=v)
     assert grouped.train_loss.dims == ("dynamics.method", "seed", "update")
     # each training cell wrote its weights beside its file
-    cells = list((tmp_path / "g.cells").glob("*.weights.npz"))
+    cells = list(companion_path(tmp_path / "g.nc", "cells").glob("*.weights.npz"))
     assert len(cells) == 6

@@ -17,6 +17,7 @@ import yaml
 import ctpc
 import ctpc.sweep as sweep_mod
 from ctpc.config import ConfigError
+from ctpc.paths import companion_path
 from ctpc.sweep import plan_sweep, run_sweep, select_cell
 from ctpc.sweep.__main__ import main as sweep_main
 
@@ -80,7 +81,7 @@ def test_six_cells_on_local_cluster(six_cell_sweep):
     # the combined file on disk is what was returned, and one file per cell exists
     on_disk = ctpc.open_results(out)
     assert (on_disk.status == ds.status).all()
-    assert len(list(out.with_suffix(".cells").glob("*.nc"))) == 6
+    assert len(list(companion_path(out, "cells").glob("*.nc"))) == 6
 
 
 def test_a_cell_equals_the_same_run_done_directly(six_cell_sweep):
@@ -194,7 +195,7 @@ def start_slow_sweep(tmp_path, name):
     cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     out = tmp_path / f"{name}.nc"
-    cells = out.with_suffix(".cells")
+    cells = companion_path(out, "cells")
     proc = subprocess.Popen([sys.executable, "-m", "ctpc.sweep", str(cfg), "--out", str(out),
                              "--workers", "1", "--quiet"], env=child_env(), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

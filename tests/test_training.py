@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import ctpc
+from ctpc.paths import companion_path
 from ctpc.train import main as train_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,8 +42,12 @@ def test_pcalm_credit_reaches_the_input_layers_pc_does_not():
                                 "network.width=8", "training.max_updates=3",
                                 "training.eval_every=null"])
         cos[method] = ds.bp_cos.isel(eval=-1).sel(weight=[1, 2, 3, 4]).values
-    # seen (digits train split, seed 0): PC-ALM 0.88-0.89, PC 0, 0, 0.43, 0.71
-    assert (cos["pcalm"] > cos["pc"] + 0.1).all(), cos
+    # seen (digits train split, seed 0, the paper's step rule): PC-ALM 0.88-0.89 at W_1..W_4;
+    # PC 0, 0.03, 0.49, 0.84 (0, 0, 0.43, 0.71 with the exact, smaller step): its credit has
+    # not reached W_1, W_2 within T = 2L
+    assert (cos["pcalm"] > 0.8).all(), cos
+    assert (cos["pc"][:2] < 0.1).all(), cos
+    assert (cos["pcalm"][:3] > cos["pc"][:3] + 0.3).all(), cos
 
 
 def test_dataset_schema_and_weights_file(tmp_path):
@@ -66,7 +71,7 @@ def test_dataset_schema_and_weights_file(tmp_path):
     cfg = ctpc.load_config(yaml.safe_load(ds.attrs["config"]))
     assert cfg.training.max_updates == 30 and cfg.integrator.budget == 8    # budget: auto = 2L
     # the weights file loads back as network.weights and reproduces the trained network
-    weights = tmp_path / "run.weights.npz"
+    weights = companion_path(tmp_path / "run.nc", "weights")     # run.weights.npz
     again = ctpc.train(MODEL, ["network.depth=4", f"network.weights={weights}",
                                "training.max_updates=1", "training.eval_every=null"])
     assert float(again.test_acc[0]) == pytest.approx(float(ds.test_acc[-1]))
@@ -82,7 +87,7 @@ def _uninterrupted_and_resumed(tmp_path, argv_extra):
                               *more]
     subprocess.run(run(full), env=env, check=True, capture_output=True, timeout=300)
     killed = tmp_path / "killed.nc"
-    ckpt = tmp_path / "killed.ckpt.pt"
+    ckpt = companion_path(killed, "checkpoint")
     proc = subprocess.Popen(run(killed), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 120
@@ -107,8 +112,8 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     for v in a.data_vars:
         if v != "eval_wall_time":
             np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
-    wa = np.load(str(full).replace(".nc", ".weights.npz"))
-    wb = np.load(str(killed).replace(".nc", ".weights.npz"))
+    wa = np.load(companion_path(full, "weights"))
+    wb = np.load(companion_path(killed, "weights"))
     for k in wa.files:
         np.testing.assert_array_equal(wa[k], wb[k])
 
@@ -137,8 +142,8 @@ def test_divergence_is_a_result(tmp_path, capsys):
     assert ds.attrs["status"] == "diverged" and 1 <= u <= 40
     assert np.isfinite(ds.train_loss.values[:u - 1]).all()
     assert not np.isfinite(ds.train_loss.values[u:]).any()
-    assert not (tmp_path / "div.weights.npz").exists()
-    assert (tmp_path / "div.ckpt.pt").exists() or u == 1
+    assert not companion_path(out, "weights").exists()
+    assert companion_path(out, "checkpoint").exists() or u == 1
 
 
 BAD = [

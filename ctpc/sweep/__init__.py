@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import sys
 import traceback
 import warnings
@@ -259,6 +258,7 @@ def run_sweep(config: Union[str, Path, dict, Config], overrides=None, *,
     plan = plan_sweep(config, overrides, out=out,
                       check_machine=scheduler is None and client is None)
     check_sweep_paths(plan.out, create=True, plan=plan)
+    remove_stale_temporaries_in(plan.cells_dir, keep=[p for _, p in plan.inputs])
     if plan.damaged:
         names = ", ".join(f"{k}.nc ({why})" for k, why in list(plan.damaged.items())[:3])
         more = f" and {len(plan.damaged) - 3} more" if len(plan.damaged) > 3 else ""

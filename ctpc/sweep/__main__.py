@@ -29,7 +29,8 @@ def parser() -> argparse.ArgumentParser:
                "(Ctrl-C), 143 terminated (SIGTERM); rerun to resume.")
     p.add_argument("config", help="model YAML with a sweep: section")
     p.add_argument("--out", help="combined .nc path (default: config 'output', else "
-                                 "runs/NAME.nc); per-cell files go to OUT without .nc + .cells/")
+                                 "runs/NAME.nc; it must end in .nc); per-cell files go to "
+                                 "NAME.cells/ beside NAME.nc")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="use a running Dask cluster, e.g. tcp://10.0.0.5:8786 (schemes: tcp, "
                         "tls, ucx, inproc, ws, wss; default: start a local cluster)")

@@ -201,8 +201,9 @@ def dask_client(*, scheduler: str | None, n_workers: int, client=None):
 
 
 class _QuietOnError:
-    """Once :meth:`on` is called, no log record and no warning until the block ends: an interrupted sweep closes its local cluster with one line, not
-    distributed's messages about tasks, workers and comms cut short."""
+    """Once :meth:`on` is called, no log record and no warning until the block ends: an
+    interrupted sweep closes its local cluster with one line, not distributed's messages about
+    tasks, workers and comms cut short."""
 
     def __init__(self):
         self._warnings = None
