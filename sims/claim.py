@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -297,6 +298,9 @@ def cell_files(out: Path, variant: str):
     return files
 
 
+_ARRIVALS: dict = {}
+
+
 def arrival_run(cfg: dict, weights: Path | None, steps: int):
     """The inference of one presentation of the probe batch (the first batch of the training
     split, as training's probe) in float64 for ``steps`` steps, at the cell's initial weights
@@ -310,7 +314,11 @@ def arrival_run(cfg: dict, weights: Path | None, steps: int):
     c["network"] = {**c["network"], "weights": None if weights is None else str(weights)}
     c["integrator"] = {**c["integrator"], "budget": steps}
     c["record"] = {"every": 1, "variables": []}
-    return ctpc.simulate(c, progress=False)
+    # the variants of one step rule share their initial weights: one run serves them all
+    key = json.dumps(c, sort_keys=True, default=str)
+    if key not in _ARRIVALS:
+        _ARRIVALS[key] = ctpc.simulate(c, progress=False)
+    return _ARRIVALS[key]
 
 
 def diagnostics(out: Path, depth: int, variants=VARIANTS, progress=True):

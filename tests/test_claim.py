@@ -84,8 +84,21 @@ def test_claim_end_to_end_small(tmp_path):
     """Every variant trains (2 seeds), the report has a row per variant, a verdict line per
     cell, the two claim lines, diagnostics for the PC-ALM variants and both figures; a second
     call reuses every cell."""
+    from distributed import Client, LocalCluster
     out = tmp_path / "claim"
-    assert claim.main(["--small", "--out", str(out), "--quiet"]) == 0
+    # an in-process cluster on loopback, given as --scheduler: no worker processes to start
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                      host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster):
+        address = cluster.scheduler_address
+        assert claim.main(["--small", "--out", str(out), "--quiet", "--scheduler", address]) == 0
+        _check_small_report(out)
+        stamps = {p: p.stat().st_mtime_ns for p in out.glob("*.cells/*.nc")}
+        assert claim.main(["--small", "--out", str(out), "--quiet", "--no-diagnostics",
+                           "--scheduler", address]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*.cells/*.nc")} == stamps
+
+
+def _check_small_report(out):
     t = pd.read_csv(out / "verdicts.csv")
     assert sorted(t.variant) == sorted(v.name for v in claim.VARIANTS if v.method != "bp")
     assert set(t.verdict) <= {claim.MATCHES, claim.BEHIND, claim.UNDECIDED}
@@ -103,6 +116,3 @@ def test_claim_end_to_end_small(tmp_path):
         assert (out / f).stat().st_size > 0
     text = (out / "verdicts.md").read_text()
     assert "CLAIM at L = 4, the paper's protocol" in text
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*.cells/*.nc")}
-    assert claim.main(["--small", "--out", str(out), "--quiet", "--no-diagnostics"]) == 0
-    assert {p: p.stat().st_mtime_ns for p in out.glob("*.cells/*.nc")} == stamps
