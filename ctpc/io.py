@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +19,7 @@ from .config import Config, ConfigError
 # Output paths (OutputError, the one check of a run's outputs, companions, temporaries)
 # live in ctpc.paths; re-exported here, where they used to be.
 from .paths import (OutputError, check_outputs, companion_path,  # noqa: F401
-                    remove_stale_temporaries, temporary as _temporary)
+                    remove_stale_temporaries, temporary as _temporary, write_failed)
 from .labels import var_attrs
 from .results import SERIES_LAYER, SERIES_WEIGHT, RunResult
 
@@ -192,10 +191,7 @@ def write_netcdf(ds: xr.Dataset, path: str | Path, progress: bool = False) -> Pa
             ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
             os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
-        free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
-        hint = (" (the disk is full)" if free < 16 * 2**20 else "")
-        raise OutputError(f"writing {str(path)!r} failed{hint}: {exc}. Nothing was written "
-                          "under that name; free space or choose another output path") from exc
+        raise write_failed(path, exc) from exc
     finally:
         if tmp.exists():
             tmp.unlink()

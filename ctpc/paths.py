@@ -33,7 +33,7 @@ import re
 import shutil
 import stat
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .config import Config, ConfigError
 
@@ -74,6 +74,38 @@ def temporary(path: str | Path, pid: int | None = None) -> Path:
     """Where ``path`` is written before it is renamed: ``NAME.tmp-PID``."""
     path = Path(path)
     return path.with_name(f"{path.name}.tmp-{os.getpid() if pid is None else pid}")
+
+
+def write_failed(path: str | Path, exc: BaseException) -> OutputError:
+    """The error for a write of ``path`` that failed (a full disk, permissions): says so
+    plainly, and that nothing was written under that name."""
+    path = Path(path)
+    try:
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+    except OSError:
+        free = 0
+    hint = " (the disk is full)" if free < 16 * 2**20 else ""
+    return OutputError(f"writing {str(path)!r} failed{hint}: {exc}. Nothing was written under "
+                       "that name; free space or choose another output path")
+
+
+def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """``write(temporary)`` then rename it to ``path``: an interrupted or failed write never
+    leaves a truncated file under the final name, and a signal waits until the file is whole.
+    A failed write (OSError, e.g. a full disk) is an :class:`OutputError`; the temporary is
+    removed either way."""
+    from . import signals
+    path = Path(path)
+    tmp = temporary(path)
+    try:
+        with signals.deferred():
+            write(tmp)
+            os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        raise write_failed(path, exc) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def default_output(out, output, name: str, fallback: str) -> tuple[str | Path, str]:

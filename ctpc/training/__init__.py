@@ -11,17 +11,15 @@ xarray).
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from .. import signals
 from ..config import Config, ConfigError, TrainingConfig
 from ..io import OutputError, write_netcdf
-from ..paths import TRAINING_COMPANIONS, check_outputs, run_inputs, temporary
+from ..paths import TRAINING_COMPANIONS, check_outputs, run_inputs, write_atomically
 from ..loading import load_config, resolve, warn_unused_by_bp
 from ..model import matmul_precision
 from . import checkpoint as ckpt
@@ -166,13 +164,8 @@ def write_weights(matrices, path: Path) -> Path:
     """``w1 .. wL`` ([out, in], unscaled) as an .npz that ``network.weights`` loads; atomic."""
     arrays = {f"w{i}": np.asarray(m.detach().cpu().numpy() if hasattr(m, "detach") else m)
               for i, m in enumerate(matrices, start=1)}
-    tmp = temporary(path)        # NAME.tmp-PID, removed by the next run if this one is killed
-    try:
-        with signals.deferred():
-            with open(tmp, "wb") as f:      # a file object: savez would append .npz to a name
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    def write(tmp: Path) -> None:    # NAME.tmp-PID, removed by the next run if this one is killed
+        with open(tmp, "wb") as f:      # a file object: savez would append .npz to a name
+            np.savez(f, **arrays)
+    return write_atomically(path, write)
 

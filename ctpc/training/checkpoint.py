@@ -17,7 +17,6 @@ torch's allow-list.
 """
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from pathlib import Path
@@ -25,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import signals
 from ..config import Config, ConfigError
-from ..paths import companion_path, temporary
+from ..paths import companion_path, write_atomically
 from ..identity import run_key
 from .loop import Trainer, TrainState, eval_points
 
@@ -85,13 +83,7 @@ def save(trainer: Trainer, path: Path, digest: str) -> None:
             "diverged": st.diverged,
             "elapsed_s": trainer.elapsed(), "train_s": st.train_s,
             "torch_rng": torch.get_rng_state()}
-    tmp = temporary(path)
-    try:
-        with signals.deferred():          # a signal waits until the checkpoint is whole
-            torch.save(blob, tmp)
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda tmp: torch.save(blob, tmp))
 
 
 def _unreadable(exc: Exception) -> str:
