@@ -98,7 +98,7 @@ def free_cores(sample_s: float = CPU_SAMPLE_S) -> int:
     except AttributeError:                                    # not on Linux
         allowed = logical
     cores = max(1, min(physical, allowed))
-    busy = psutil.cpu_percent(interval=sample_s) / 100.0 * logical * cores / logical
+    busy = psutil.cpu_percent(interval=sample_s) / 100.0 * cores    # machine-wide share
     return max(1, min(cores, int(math.floor(cores - busy + 0.5))))
 
 
