@@ -375,7 +375,7 @@ def diagnostics(out: Path, depth: int, variants=VARIANTS, progress=True):
     return pd.concat(parts + [pd.DataFrame(rows)], ignore_index=True)
 
 
-def diagnostics_summary(diag, depth: int):
+def diagnostics_summary(diag):
     """Per variant, width and start/end: W_1's cosine and relative error, the first layer's
     arrival step (median over seeds) and the share of layers whose credit arrived by T."""
     import pandas as pd
@@ -463,7 +463,7 @@ def report(out: Path, study: str, rule: Rule = Rule(), *, with_diagnostics=True,
     diag = diag if diag is not None else pd.DataFrame()
     if len(diag):
         diag.to_csv(out / "diagnostics.csv", index=False)
-        diagnostics_summary(diag, depth).to_csv(out / "diagnostics_summary.csv", index=False)
+        diagnostics_summary(diag).to_csv(out / "diagnostics_summary.csv", index=False)
     figures(out, table, diag, depth, rule)
     (out / "README.txt").write_text(README_TXT.format(study=study, depth=depth))
     return lines
