@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ctpc.sweep import groups
-from ctpc.paths import companion_path
+from ctpc.config.paths import companion_path
 from ctpc.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent

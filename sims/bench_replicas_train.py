@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ctpc.memory import state_bytes
+from ctpc.results.memory import state_bytes
 from ctpc.training import prepare_config, train_replicas
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "train_digits.yaml"

@@ -9,9 +9,9 @@ Variants (each checked to compute the same read-out before it is timed):
   compiled      the loop with torch.compile'd chunks of steps (make_solver(..., compile=True))
   rule          training's eager rule call: the loop plus the update's statistics (loss at the
                 start, energy, norms), no optimiser
-  fused         the same rule call compiled (ctpc.fused: what training with
+  fused         the same rule call compiled (ctpc.core.compiled: what training with
                 integrator.compile: true runs on the CPU): one program up to
-                ctpc.fused.WHOLE_STEPS_MAX steps, else programs of CHUNK_STEPS steps (a head,
+                ctpc.core.compiled.WHOLE_STEPS_MAX steps, else programs of CHUNK_STEPS steps (a head,
                 middle chunks, a tail); compile time reported separately
   fused-whole   the same as one program however many steps (what ctpc did before chunking;
                 its compile time grows with T)
@@ -82,9 +82,9 @@ def ctpc_loop(cfgs, check: bool):
     import torch
 
     import ctpc
-    from ctpc.engine import integrate
-    from ctpc.integrators import make_solver
-    from ctpc.model import build_model
+    from ctpc.core.engine import integrate
+    from ctpc.core.integrators import make_solver
+    from ctpc.build.objects import build_model
 
     loaded = [ctpc.load_config(c) for c in cfgs]
     model = build_model(loaded)
@@ -103,15 +103,15 @@ def ctpc_loop(cfgs, check: bool):
 def ctpc_rule(cfg, fused: bool, whole_max: int | None = None, mode: str = "unrolled"):
     """One training update's rule call (inference + read-out + statistics, no optimiser): the
     eager :class:`InferenceRule`, or with ``fused`` the whole presentation compiled
-    (:mod:`ctpc.fused`, what training with integrator.compile: true runs); ``whole_max``:
-    ``ctpc.fused.WHOLE_STEPS_MAX`` for this variant's calls; ``mode``: integrator.compile's
+    (:mod:`ctpc.core.compiled`, what training with integrator.compile: true runs); ``whole_max``:
+    ``ctpc.core.compiled.WHOLE_STEPS_MAX`` for this variant's calls; ``mode``: integrator.compile's
     'unrolled' (true) or 'loop'."""
     import torch
 
     import ctpc
-    import ctpc.fused
-    from ctpc.integrators import make_solver
-    from ctpc.model import build_model
+    import ctpc.core.compiled
+    from ctpc.core.integrators import make_solver
+    from ctpc.build.objects import build_model
     from ctpc.training.rules import FusedInferenceRule, InferenceRule
 
     loaded = ctpc.load_config(cfg)
@@ -123,32 +123,32 @@ def ctpc_rule(cfg, fused: bool, whole_max: int | None = None, mode: str = "unrol
             else InferenceRule(*args))
 
     def run():
-        default = ctpc.fused.WHOLE_STEPS_MAX
+        default = ctpc.core.compiled.WHOLE_STEPS_MAX
         if whole_max is not None:
-            ctpc.fused.WHOLE_STEPS_MAX = whole_max
+            ctpc.core.compiled.WHOLE_STEPS_MAX = whole_max
         try:
             with torch.no_grad():
                 return rule(model.weights, model.x, model.y)[0]
         finally:
-            ctpc.fused.WHOLE_STEPS_MAX = default
+            ctpc.core.compiled.WHOLE_STEPS_MAX = default
     return run
 
 
 def ctpc_simulate(cfg, chunk_bytes=None, out=None):
     """ctpc.simulate of ``cfg``; ``chunk_bytes``: the recorder's chunk size for this call."""
     import ctpc
-    import ctpc.recording
+    import ctpc.sim.recording
     loaded = ctpc.load_config(cfg)
 
     def run():
-        default = ctpc.recording.RECORD_CHUNK_BYTES
+        default = ctpc.sim.recording.RECORD_CHUNK_BYTES
         if chunk_bytes is not None:
-            ctpc.recording.RECORD_CHUNK_BYTES = chunk_bytes
+            ctpc.sim.recording.RECORD_CHUNK_BYTES = chunk_bytes
         try:
             ds = ctpc.simulate(loaded, out=out, overwrite=True)   # timed again and again
             ds.close()
         finally:
-            ctpc.recording.RECORD_CHUNK_BYTES = default
+            ctpc.sim.recording.RECORD_CHUNK_BYTES = default
     return run
 
 
@@ -211,7 +211,7 @@ def jax_step(n, l, t, b):
 
     import ctpc
     from ctpc.data import load_batch
-    from ctpc.network import init_weights
+    from ctpc.core.network import init_weights
     spec = importlib.util.spec_from_file_location("jax_pcalm", HERE / "jax_pcalm.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -250,7 +250,7 @@ def main():
         has_jax = True
     except ImportError:
         has_jax = False
-    from ctpc.fused import CHUNK_STEPS
+    from ctpc.core.compiled import CHUNK_STEPS
     variants = a.variants.split(",")
     cells = list(CELLS) if a.cells == "all" else a.cells.split(";")
     results = {"machine": platform.processor() or platform.machine(),

@@ -43,7 +43,7 @@ def child(workload: str, setting: str) -> dict:
     import torch
 
     import ctpc
-    from ctpc.model import set_threads
+    from ctpc.build.objects import set_threads
     if workload == TRAIN:
         cfg = ctpc.load_config(ROOT / "models" / "train_digits.yaml")
         n = set_threads(setting if setting == "auto" else int(setting), cfg)
@@ -91,8 +91,8 @@ def main(argv=None) -> int:
         return 0
     result = {"load_before": os.getloadavg(), "rounds": a.rounds, "rows": []}
     if a.threshold:
-        from ctpc.loading import load_config
-        from ctpc.model import step_macs
+        from ctpc.build.resolve import load_config
+        from ctpc.build.objects import step_macs
         from bench_step import config
         print("N, L, T, B      MMAC/step   1 thread   2 threads  (ms per update)")
         for cell in THRESHOLD_CELLS:

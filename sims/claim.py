@@ -83,7 +83,7 @@ STUDIES = {
 def base_config(study: str) -> dict:
     """The paper's protocol (models/sweeps/grid_mnist.yaml) at the study's depth, data and
     training length."""
-    from ctpc.loading import read_yaml
+    from ctpc.config.load import read_yaml
     s = STUDIES[study]
     raw = read_yaml(ROOT / "models" / "sweeps" / "grid_mnist.yaml")
     raw["name"] = f"claim_{study}"

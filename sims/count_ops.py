@@ -49,16 +49,16 @@ def _stepper(cfg):
     """One step of the checkout's own Gauss-Seidel solver (the API changed over time)."""
     import torch
     try:                                    # this checkout
-        from ctpc.integrators import make_solver
-        from ctpc.model import build_model
+        from ctpc.core.integrators import make_solver
+        from ctpc.build.objects import build_model
         m = build_model(cfg)
         p = m.params()
         solver = make_solver(m.dyn, "discrete", m.dt)
         carry = solver.init(m.dyn.initial_state(p), p)
         return lambda: torch.no_grad()(solver.step)(carry, p)
     except ImportError:                     # the first release (ctpc 0.1.0)
-        from ctpc.backends.torch_backend import build
-        from ctpc.integrators import make_solver
+        from ctpc.sim.backends.torch_backend import build
+        from ctpc.core.integrators import make_solver
         net, dyn = build(cfg)
         solver = make_solver("discrete", dyn, 1.0)
         state = {"c": solver.init(dyn.initial_state())}

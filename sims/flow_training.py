@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 import ctpc
-from ctpc.loading import read_yaml
-from ctpc.stepsize import activity_hessian_lambda_max
+from ctpc.config.load import read_yaml
+from ctpc.build.auto_step import activity_hessian_lambda_max
 from ctpc.sweep import run_sweep, select_cell
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -31,11 +31,12 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ctpc import cli, open_results
-from ctpc.config import ConfigError
-from ctpc.loading import apply_overrides, read_yaml
-from ctpc.plotting import (ACT, DEPTH, METHOD, METHOD_LABELS, SEED, WIDTH, last_evaluation,
-                           ok_cells)
+from ctpc.cli import common as cli
+from ctpc import open_results
+from ctpc.config.schema import ConfigError
+from ctpc.config.load import apply_overrides, read_yaml
+from ctpc.analysis.plotting import (ACT, DEPTH, METHOD, METHOD_LABELS, SEED, WIDTH,
+    last_evaluation, ok_cells)
 from ctpc.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,7 +226,7 @@ def cosine_table(ds: xr.Dataset) -> pd.DataFrame:
 def make_figures(ds: xr.Dataset, width: int | None = None) -> dict:
     """name -> matplotlib Figure; the notebook shows these, the script saves them as PNG.
     ``width``: the width of the per-layer cosine figure (default: the narrowest)."""
-    from ctpc import plotting
+    from ctpc.analysis import plotting
     return {
         "accuracy_heatmaps": plotting.accuracy_heatmaps_figure(ds),
         "difference_heatmaps": plotting.difference_heatmaps_figure(ds),

@@ -106,7 +106,7 @@ def make_figures(sweeps: dict, scaling: dict) -> dict:
     """name -> matplotlib Figure; the notebook shows these, the script saves them as PNG."""
     import matplotlib.pyplot as plt
 
-    from ctpc import plotting
+    from ctpc.analysis import plotting
 
     figs = {}
     fig, ax = plt.subplots(figsize=(6.4, 6), layout="constrained")

@@ -24,10 +24,10 @@ import xarray as xr  # noqa: E402
 import yaml  # noqa: E402
 
 import ctpc  # noqa: E402
-from ctpc import stability as st  # noqa: E402
-from ctpc.io import write_netcdf  # noqa: E402
-from ctpc.labels import var_attrs  # noqa: E402
-from ctpc.plotting import flow_vs_discrete_figure, stability_map_figure  # noqa: E402
+from ctpc.studies import stability as st  # noqa: E402
+from ctpc.results.dataset import write_netcdf  # noqa: E402
+from ctpc.common.labels import var_attrs  # noqa: E402
+from ctpc.analysis.plotting import flow_vs_discrete_figure, stability_map_figure  # noqa: E402
 
 METHODS = ("pc", "pcalm")
 

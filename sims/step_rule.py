@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     import pandas as pd
 
     import ctpc
-    from ctpc.stepsize import activity_hessian_lambda_max
+    from ctpc.build.auto_step import activity_hessian_lambda_max
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--widths", default="8,16,32")
     p.add_argument("--depths", default="8,16,32,64,128")

@@ -8,7 +8,7 @@ import xarray as xr
 from ctpc import analysis
 from ctpc.analysis.crossing import first_crossing, settle_crossing
 from ctpc.sweep.combine import combine, summarize_cell
-from ctpc.sweep.grid import Axis, Cell
+from ctpc.sweep.cells import Axis, Cell
 
 
 def wave_run(depth, speed=0.5, dt=1.0, t_end=None, rise=10.0, adjoint=1.0, tau_h=4.0,

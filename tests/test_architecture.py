@@ -25,7 +25,7 @@ def test_import_contracts_are_kept(tmp_path):
 
 def test_reading_results_does_not_import_torch(tmp_path):
     """open_results and the analysis work in an interpreter that never loads torch."""
-    code = ("import sys, ctpc.io, ctpc.analysis, ctpc.plotting; "
+    code = ("import sys, ctpc.results.dataset, ctpc.analysis, ctpc.analysis.plotting; "
             "bad = [m for m in ('torch', 'brian2') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

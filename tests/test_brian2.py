@@ -12,14 +12,14 @@ import torch
 import yaml
 
 import ctpc
-from ctpc.simulate import main
+from ctpc.cli.simulate import main
 
 from conftest import small_config
 from test_cli import MODELS, check_schema, small_overrides
 
 brian2 = pytest.importorskip("brian2")
-from ctpc.backends import brian2_backend  # noqa: E402
-from ctpc.backends.brian2_backend import network as b2_network  # noqa: E402
+from ctpc.sim.backends import brian2_backend  # noqa: E402
+from ctpc.sim.backends.brian2_backend import network as b2_network  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ("h", "lam", "err")
@@ -42,7 +42,7 @@ def deep_config(**sections):
     """Depth 5 (4 hidden layers), D = 5, N = 7, O = 3: every width differs; float64; 120 steps.
     dt = 0.5 < rho * tau_lambda keeps explicit Euler stable (spec 5.2), so the trajectories are
     well-conditioned and round-off does not grow. Leaky error neurons (tau_e = LEAKY = 0.25 ms)
-    lower explicit Euler's stable step to ~0.4 ms (ctpc.stability.predicted_dt_max: 0.40-0.49
+    lower explicit Euler's stable step to ~0.4 ms (ctpc.studies.stability.predicted_dt_max: 0.40-0.49
     on these networks), so leaky runs take dt = 0.25. (An earlier tau_e = 1.5 at dt = 0.5 was
     unstable, 1000x growth in 120 steps, which the growth bound now reports as divergence.)"""
     base = dict(device="cpu",      # Brian2 runs on the CPU whatever the test device
@@ -273,7 +273,7 @@ def test_heun_is_the_explicit_trapezoid():
     """ctpc's heun on brian2 is Brian2's ExplicitStateUpdater trapezoid (Brian2's own 'heun' is
     the stochastic method, plain Euler for ODEs): one step of dx/dt = -x/tau is
     x (1 - a + a^2/2), a = dt/tau."""
-    from ctpc.backends.brian2_backend.methods import state_update_method
+    from ctpc.sim.backends.brian2_backend.methods import state_update_method
     g = brian2.NeuronGroup(1, "dx/dt = -x / tau : 1", method=state_update_method("heun"),
                            dt=0.1 * brian2.ms, namespace={"tau": 1 * brian2.ms})
     g.x = 1.0

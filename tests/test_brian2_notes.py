@@ -5,7 +5,7 @@ import pytest
 
 import ctpc
 
-targets = pytest.importorskip("ctpc.backends.brian2_backend.targets")
+targets = pytest.importorskip("ctpc.sim.backends.brian2_backend.targets")
 
 
 def _cfg(tmp_path, target):

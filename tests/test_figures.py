@@ -1,6 +1,6 @@
 """Figures a scientist can read: every variable of a simulate, training and sweep result (and
 of the analysis results) has a short ``long_name`` and no ``units = "1"`` (xarray would print
-"[1]" in every axis label); the ctpc.plotting figures have no "[1]" in a label, nothing cut at
+"[1]" in every axis label); the ctpc.analysis.plotting figures have no "[1]" in a label, nothing cut at
 the figure's edge, legends outside the data and log axes with more than one labelled tick."""
 import matplotlib
 
@@ -13,8 +13,9 @@ import xarray as xr  # noqa: E402
 from conftest import small_config  # noqa: E402
 
 import ctpc  # noqa: E402
-from ctpc import analysis, plotting  # noqa: E402
-from ctpc.labels import MAX_LONG_NAME  # noqa: E402
+from ctpc import analysis  # noqa: E402
+from ctpc.analysis import plotting
+from ctpc.common.labels import MAX_LONG_NAME  # noqa: E402
 
 TRAIN = {"dtype": "float32", "device": "cpu",
          "network": {"width": 6, "depth": 3, "activation": "relu"},

@@ -1,7 +1,7 @@
 """integrator.compile: true (or 'unrolled') and 'loop'. Training runs the whole presentation
-as one compiled program (ctpc.fused.presentation, its steps unrolled, or chunks of it; with
-'loop' ctpc.fused.presentation_loop, its steps a while_loop), and a solver made with compile
-runs unobserved chunks of steps compiled (ctpc.fused.steps); all must give the eager numbers up
+as one compiled program (ctpc.core.compiled.presentation, its steps unrolled, or chunks of it; with
+'loop' ctpc.core.compiled.presentation_loop, its steps a while_loop), and a solver made with compile
+runs unobserved chunks of steps compiled (ctpc.core.compiled.steps); all must give the eager numbers up
 to round-off.
 
 Tolerance (float64): the compiled programs do the same arithmetic in another summation order
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import ctpc
-import ctpc.fused as fused_mod
+import ctpc.core.compiled as fused_mod
 from ctpc.training import train_replicas
 from ctpc.training.rules import FusedInferenceRule, InferenceRule, PlasticRule
 from ctpc.training.setup import build_training
@@ -99,7 +99,7 @@ LOOP_CASES = {
 @pytest.mark.parametrize("case", list(LOOP_CASES))
 def test_looped_presentation_equals_the_eager_rule(case, monkeypatch):
     """integrator.compile: loop runs the presentation as one program whose steps are a
-    while_loop (ctpc.fused.presentation_loop); the numbers are the eager rule's."""
+    while_loop (ctpc.core.compiled.presentation_loop); the numbers are the eager rule's."""
     asked, compiled = [], fused_mod.compiled
     monkeypatch.setattr(fused_mod, "compiled",
                         lambda name, *rest: asked.append(name) or compiled(name, *rest))
@@ -245,7 +245,7 @@ def test_no_compiler_is_exit_2_before_training(tmp_path):
     import yaml
     from torch._inductor import config as inductor_config
 
-    from ctpc.train import main as train_main
+    from ctpc.cli.train import main as train_main
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config()))
     with inductor_config.patch({"cpp.cxx": (str(tmp_path / "no-such-g++"),)}):
@@ -257,17 +257,17 @@ def test_no_compiler_is_exit_2_before_training(tmp_path):
 
 def test_compiled_chunks_of_steps_equal_eager(monkeypatch):
     """make_solver(compile=True): chunks of steps with nothing observed between them (what
-    ctpc.engine.integrate runs without an observer) run ctpc.fused.steps compiled; the final
+    ctpc.core.engine.integrate runs without an observer) run ctpc.core.compiled.steps compiled; the final
     state and network pass equal the eager steps'. Checked every 4 of 8 steps, so the second
     chunk ends the run (no dual update on the last step: pre_dual); with programs of at most 3
     steps each chunk of 4 runs as programs of 3 and 1 steps (the dual update between them
     kept)."""
     monkeypatch.setattr(fused_mod, "WHOLE_STEPS_MAX", 3)
     monkeypatch.setattr(fused_mod, "CHUNK_STEPS", 3)
-    from ctpc.engine import integrate
-    from ctpc.fused import compiled
-    from ctpc.integrators import make_solver
-    from ctpc.model import build_model
+    from ctpc.core.engine import integrate
+    from ctpc.core.compiled import compiled
+    from ctpc.core.integrators import make_solver
+    from ctpc.build.objects import build_model
 
     c = config(integrator__budget=8)
     c["data"] = {"source": "synthetic", "batch_size": 4}

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.func import grad, jvp, vjp
 
-from ctpc.dynamics import Dynamics, Rates
-from ctpc.network import Network, Weights
+from ctpc.core.dynamics import Dynamics, Rates
+from ctpc.core.network import Network, Weights
 
 D, N, O, L, B, R, RHO = 5, 4, 3, 5, 3, 2, 1.3
 PHI = {"linear": lambda t: t, "tanh": torch.tanh, "relu": torch.relu}
@@ -98,7 +98,7 @@ def test_params_refuse_weights_changed_in_place():
     """Params carry a drive derived from W_1: an in-place optimiser step after building them
     is detected, never silently mixed (stale predictions with fresh gradients)."""
     net, w, mats, x, y, h, lam = setup("tanh")
-    from ctpc.integrators import make_solver
+    from ctpc.core.integrators import make_solver
     dyn = Dynamics(net, leaky=False)
     p = dyn.params(w, x, y, Rates(rho=RHO, k_h=0.25, k_lam=1.0, k_e=0.0))
     solver = make_solver(dyn, "discrete", 1.0)

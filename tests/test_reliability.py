@@ -4,7 +4,7 @@ that name the key or file. docs/reliability.md lists the same cases by defect cl
 there); run them with ``pytest tests/test_reliability.py -v``.
 
 Most cases exit at validation and run in-process through ``ctpc.simulate.main(argv)`` and
-``ctpc.sweep.__main__.main(argv)``; sweeps that run use a tiny network on an in-process Dask
+``ctpc.cli.sweep.main(argv)``; sweeps that run use a tiny network on an in-process Dask
 client (reached through its ``inproc://`` address, so the CLI path is the one tested);
 subprocesses only for signals.
 """
@@ -27,14 +27,14 @@ from pydantic import BaseModel
 
 import ctpc
 import ctpc.sweep as sweep_mod
-from ctpc.config import Config, ConfigError
-from ctpc.io import ResultsError, open_results
-from ctpc.loading import load_config
-from ctpc.paths import companion_path
-from ctpc.recording import plan_recording
-from ctpc.simulate import main as simulate_main
-from ctpc.sweep.__main__ import main as sweep_main
-from ctpc.sweep.grid import input_digests
+from ctpc.config.schema import Config, ConfigError
+from ctpc.results.dataset import ResultsError, open_results
+from ctpc.build.resolve import load_config
+from ctpc.config.paths import companion_path
+from ctpc.sim.recording import plan_recording
+from ctpc.cli.simulate import main as simulate_main
+from ctpc.cli.sweep import main as sweep_main
+from ctpc.config.identity import input_digests
 from clicases import check, cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -538,7 +538,7 @@ def test_sweep_without_input_files_keeps_its_cell_keys():
     for k in ("name", "description", "output", "sweep", "memory_limit_gb"):
         d.pop(k)
     old = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    from ctpc.sweep.grid import cell_key
+    from ctpc.sweep.cells import cell_key
     assert cell_key(cfg) == old
 
 

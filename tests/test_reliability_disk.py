@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-from ctpc.paths import OutputError, write_atomically
-from ctpc.train import main as train_main
+from ctpc.config.paths import OutputError, write_atomically
+from ctpc.cli.train import main as train_main
 
 CFG = {"name": "t", "dtype": "float64", "device": "cpu",
        "network": {"width": 4, "depth": 3}, "data": {"source": "digits", "batch_size": 16},

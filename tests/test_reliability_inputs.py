@@ -19,11 +19,12 @@ import torch
 import yaml
 
 import ctpc
-from ctpc.config import ConfigError
-from ctpc.io import ResultsError
-from ctpc.loading import MAX_DEPTH, MAX_NODES, load_config, read_yaml
-from ctpc.simulate import main as simulate_main
-from ctpc.train import main as train_main
+from ctpc.config.schema import ConfigError
+from ctpc.results.dataset import ResultsError
+from ctpc.config.load import MAX_DEPTH, MAX_NODES, read_yaml
+from ctpc.build.resolve import load_config
+from ctpc.cli.simulate import main as simulate_main
+from ctpc.cli.train import main as train_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clicases import cli  # noqa: E402
@@ -204,7 +205,7 @@ def test_huge_epochs_are_refused_by_the_memory_check(capsys, tmp_path):
 
 
 def test_every_update_and_evaluation_buffer_counts_in_the_memory_estimate():
-    from ctpc.memory import estimate, training_counts
+    from ctpc.results.memory import estimate, training_counts
     cfg = load_config(merged(TRAIN, training={"epochs": 10, "eval_every": 1}))
     assert training_counts(cfg, 64) == (2, 20, 2 + 10 + 20, 0)
     names = {t.name for t in estimate(cfg, (64, 32))}
@@ -356,7 +357,7 @@ def test_weights_beyond_float32_are_refused_naming_the_array(tmp_path, capsys):
 
 # ======================================== 4. no accuracy from non-finite outputs
 def test_accuracy_of_non_finite_outputs_is_nan():
-    from ctpc.model import build_model
+    from ctpc.build.objects import build_model
     from ctpc.training.metrics import evaluate
     cfg = load_config(merged(BASE, dtype="float64", network={"activation": "linear"}))
     model = build_model(cfg)
@@ -388,7 +389,7 @@ def test_pc_only_keys_with_bp_warn_once_for_a_single_run(tmp_path, capsys):
 def test_bp_warning_is_not_given_per_sweep_cell():
     """Sweep cells load through prepare_config (ctpc.sweep.cluster) and run with
     train_replicas: neither warns; a plain bp config warns nowhere."""
-    from ctpc.loading import unused_by_bp
+    from ctpc.build.resolve import unused_by_bp
     from ctpc.training import prepare_config
     cfg = merged(TRAIN, dynamics={"method": "bp", "alpha": 0.5})
     with warnings.catch_warnings():

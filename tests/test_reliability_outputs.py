@@ -18,11 +18,11 @@ import yaml
 
 import ctpc
 import ctpc.sweep as sweep_mod
-from ctpc.config import ConfigError
-from ctpc.simulate import main as simulate_main
+from ctpc.config.schema import ConfigError
+from ctpc.cli.simulate import main as simulate_main
 from ctpc.sweep import plan_sweep, run_sweep
-from ctpc.sweep.__main__ import main as sweep_main
-from ctpc.train import main as train_main
+from ctpc.cli.sweep import main as sweep_main
+from ctpc.cli.train import main as train_main
 
 from clicases import check as _check, cli  # noqa: F401
 from datafiles import write_mnist_dir
@@ -301,7 +301,7 @@ def test_companions_need_an_output_ending_in_nc(tmp_path, no_cluster, monkeypatc
 
 
 def test_one_helper_names_every_companion(tmp_path):
-    from ctpc.paths import COMPANIONS, companion_path
+    from ctpc.config.paths import COMPANIONS, companion_path
     from ctpc.sweep import cells_dir_of
     from ctpc.training import checkpoint as ckpt
     out = tmp_path / "run.v2.nc"
@@ -407,7 +407,7 @@ def test_training_removes_stale_temporaries_of_its_companions(tmp_path, live_pid
 def test_check_outputs_cleans_every_companion_but_never_an_input(tmp_path):
     """The one check removes dead writers' temporaries of the output and of each companion,
     but never a file that is an input, whatever its name."""
-    from ctpc.paths import TRAINING_COMPANIONS, check_outputs
+    from ctpc.config.paths import TRAINING_COMPANIONS, check_outputs
     dead = dead_pid()
     stale = [tmp_path / f"o.nc.tmp-{dead}", tmp_path / f"o.nc.tmp-stream-{dead}",
              tmp_path / f"o.ckpt.pt.tmp-{dead}", tmp_path / f"o.weights.npz.tmp-{dead}.npz"]
@@ -427,7 +427,7 @@ def test_check_outputs_cleans_every_companion_but_never_an_input(tmp_path):
 def test_fetch_removes_stale_part_files(tmp_path, live_pid):
     """A killed download leaves .NAME.tmp-PID.XXXXXXXX.part; the next fetch removes those of
     dead processes, and legacy (PID-less) ones no download can still be writing."""
-    from ctpc import fetch
+    from ctpc.cli import fetch
     name = "train-images-idx3-ubyte.gz"
     dead = tmp_path / f".{name}.tmp-{dead_pid()}.abcd1234.part"
     live = tmp_path / f".{name}.tmp-{live_pid}.abcd1234.part"

@@ -19,11 +19,11 @@ import torch
 import yaml
 
 import ctpc
-from ctpc.config import ConfigError
-from ctpc.signals import Terminated
-from ctpc.simulate import main as simulate_main
-from ctpc.sweep.__main__ import main as sweep_main
-from ctpc.train import main as train_main
+from ctpc.config.schema import ConfigError
+from ctpc.common.signals import Terminated
+from ctpc.cli.simulate import main as simulate_main
+from ctpc.cli.sweep import main as sweep_main
+from ctpc.cli.train import main as train_main
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = str(ROOT / "models" / "train_digits.yaml")
@@ -294,7 +294,7 @@ def test_interrupted_training_prints_the_command_that_continues(
         exc, said, code, flags, continued, monkeypatch, capsys, tmp_path):
     def stop(*args, **kwargs):
         raise exc()
-    monkeypatch.setattr(importlib.import_module("ctpc.train"), "train", stop)
+    monkeypatch.setattr(importlib.import_module("ctpc.cli.train"), "train", stop)
     monkeypatch.chdir(tmp_path)
     assert run(train_main, TRAIN_ARGV + flags) == code
     want = _typed("ctpc.train", TRAIN_ARGV + continued)
@@ -307,13 +307,13 @@ def test_interrupted_simulation_and_sweep_print_their_command(monkeypatch, capsy
         raise KeyboardInterrupt
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({**SIM, "sweep": {"seed": [0, 1]}}))
-    monkeypatch.setattr(importlib.import_module("ctpc.simulate"), "simulate", stop)
+    monkeypatch.setattr(importlib.import_module("ctpc.cli.simulate"), "simulate", stop)
     argv = [str(cfg), "--out", str(tmp_path / "s.nc"), "--quiet"]
     assert run(simulate_main, argv) == 130
     err = capsys.readouterr().err.splitlines()[-1]        # after the note on the sweep section
     assert err == ("ctpc: interrupted; finished work is kept, no partial file is left; to run "
                    f"it again (from the beginning): {_typed('ctpc.simulate', argv)}")
-    monkeypatch.setattr(importlib.import_module("ctpc.sweep.__main__"), "run_sweep", stop)
+    monkeypatch.setattr(importlib.import_module("ctpc.cli.sweep"), "run_sweep", stop)
     assert run(sweep_main, argv) == 130
     assert capsys.readouterr().err == (
         "ctpc.sweep: interrupted; finished work is kept, no partial file is left; to continue "
@@ -393,7 +393,7 @@ def test_resume_extends_an_interrupted_run(tmp_path, monkeypatch, capsys):
 
 
 def test_one_identity_for_sweep_cells_and_resume():
-    from ctpc.identity import RUN_LENGTH, cell_key, config_key, run_key
+    from ctpc.config.identity import RUN_LENGTH, cell_key, config_key, run_key
     load = lambda *o: ctpc.load_config(MODEL, list(o))
     a = load("training.epochs=3")
     longer = load("training.epochs=7", "training.max_updates=50")
@@ -407,7 +407,7 @@ def test_one_identity_for_sweep_cells_and_resume():
         d.pop(k)
     assert cell_key(a) == hashlib.sha256(
         json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    from ctpc.sweep import grid
+    from ctpc.sweep import cells as grid
     assert grid.cell_key is cell_key
     # resume: the same run whatever its length or memory limit, another run for another seed
     assert run_key(a) == run_key(longer) == run_key(limited) == config_key(

@@ -22,9 +22,9 @@ import pytest
 import torch
 import yaml
 
-from ctpc.config import ConfigError
+from ctpc.config.schema import ConfigError
 from ctpc.sweep import plan_sweep
-from ctpc.sweep.__main__ import main as sweep_main
+from ctpc.cli.sweep import main as sweep_main
 from ctpc.sweep.cluster import HANDSHAKE_TIMEOUT_S, PROBE_TIMEOUT_S, dask_client
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import ctpc
-from ctpc.run import simulate_replicas
-from ctpc.paths import companion_path
+from ctpc.sim.simulation import simulate_replicas
+from ctpc.config.paths import companion_path
 from ctpc.training import train_replicas, prepare_config
 from ctpc.sweep import run_sweep
 

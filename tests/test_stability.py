@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 import ctpc
-from ctpc import stability as st
-from ctpc.network import init_weights
+from ctpc.build.auto_step import activity_hessian_lambda_max
+from ctpc.studies import stability as st
+from ctpc.core.network import init_weights
 
 from conftest import small_config
 
@@ -105,7 +106,7 @@ def test_lambda_max_and_auto_step():
     cfg = linear_cfg(**{"dynamics.rho": 1.5, "dynamics.step_rule": "exact"})
     A = st.Linearisation(cfg).constraint_matrix()
     dense = 1.5 * np.linalg.eigvalsh(A.T @ A).max()
-    lam = st.activity_hessian_lambda_max(cfg)
+    lam = activity_hessian_lambda_max(cfg)
     assert lam == pytest.approx(dense, rel=1e-8)
     auto = ctpc.load_config(small_config(**LINEAR), {"dynamics.rho": 1.5, "dynamics.tau_h": None,
                             "dynamics.tau_lambda": None, "dynamics.state_lr": "auto",
@@ -119,7 +120,7 @@ def test_lambda_max_and_auto_step():
 
 def test_paper_step_size_rule_matches_spec_range():
     """Spec 3: eta_h = 1/lambda_max is ~0.20 at L = 8, rising towards 0.25 for deep nets."""
-    etas = [1 / st.activity_hessian_lambda_max(ctpc.load_config(
+    etas = [1 / activity_hessian_lambda_max(ctpc.load_config(
         {"network": {"width": 32, "depth": L}, "integrator": {"steps": 1}})) for L in (8, 64)]
     assert 0.19 < etas[0] < etas[1] < 0.25
 

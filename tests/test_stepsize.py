@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import ctpc
-from ctpc.model import build_model
-from ctpc.stepsize import PAPER_RTOL, activity_hessian_lambda_max, lambda_max, power_lambda_max
+from ctpc.build.objects import build_model
+from ctpc.core.stepsize import PAPER_RTOL, lambda_max, power_lambda_max
+from ctpc.build.auto_step import activity_hessian_lambda_max
 from reference_numpy import Net, dact
 
 

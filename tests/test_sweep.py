@@ -16,10 +16,10 @@ import yaml
 
 import ctpc
 import ctpc.sweep as sweep_mod
-from ctpc.config import ConfigError
-from ctpc.paths import companion_path
+from ctpc.config.schema import ConfigError
+from ctpc.config.paths import companion_path
 from ctpc.sweep import plan_sweep, run_sweep, select_cell
-from ctpc.sweep.__main__ import main as sweep_main
+from ctpc.cli.sweep import main as sweep_main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,8 +117,8 @@ def test_crashed_cell_is_recorded_and_retried(tmp_path, monkeypatch):
     cell."""
     from distributed import Client
 
-    import ctpc.run
-    real = ctpc.run.simulate_replicas
+    import ctpc.sim.simulation
+    real = ctpc.sim.simulation.simulate_replicas
     broken, calls = {"seed 1": True}, []
 
     def flaky(configs, *args, **kwargs):
@@ -128,7 +128,7 @@ def test_crashed_cell_is_recorded_and_retried(tmp_path, monkeypatch):
             raise RuntimeError("boom in seed 1")
         return real(configs, *args, **kwargs)
 
-    monkeypatch.setattr(ctpc.run, "simulate_replicas", flaky)   # an in-process client sees it
+    monkeypatch.setattr(ctpc.sim.simulation, "simulate_replicas", flaky)   # an in-process client sees it
     raw = with_sweep({"seed": [0, 1, 2]})
     out = tmp_path / "flaky.nc"
     with Client(processes=False, n_workers=1, threads_per_worker=1,

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import ctpc
-from ctpc import cli
-from ctpc.model import ONE_THREAD_BELOW_MACS, auto_threads, free_cores, set_threads, step_macs
+from ctpc.cli import common as cli
+from ctpc.build.objects import (ONE_THREAD_BELOW_MACS, auto_threads, free_cores, set_threads,
+    step_macs)
 
 
 def _cfg(width, depth, batch=64):

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 import ctpc
-from ctpc.paths import companion_path
-from ctpc.train import main as train_main
+from ctpc.config.paths import companion_path
+from ctpc.cli.train import main as train_main
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = str(ROOT / "models" / "train_digits.yaml")
@@ -180,6 +180,6 @@ def test_bad_training_input(overrides, needle, tmp_path, capsys):
 
 
 def test_simulate_refuses_bp(capsys):
-    from ctpc.simulate import main
+    from ctpc.cli.simulate import main
     assert main([str(ROOT / "models" / "pcalm_deep.yaml"), "--set", "dynamics.method=bp"]) == 2
     assert "ctpc.train" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ctpc
-from ctpc.model import build_model
+from ctpc.build.objects import build_model
 from ctpc.training.setup import make_rule
 
 from conftest import small_config

@@ -1,0 +1,2 @@
+"""Studies of the dynamics that run simulations: linear stability of the flow and of each
+scheme (:mod:`.stability`)."""

@@ -1,0 +1,172 @@
+"""Training networks with BP, PC and PC-ALM (spec section 7): ``ctpc.train``.
+
+    import ctpc
+    ds = ctpc.train("models/train_digits.yaml", ["network.depth=16"], out="runs/d16.nc")
+
+Modules: ``setup`` (configs -> model, rule, optimiser settings, data on the device), ``rules``
+(BP, PC/PC-ALM inference + read-out, continuous plasticity), ``plasticity`` (the joint
+neuron-weight solvers), ``metrics`` (accuracy, MSE, cross-entropy, BP alignment), ``loop`` (the
+update loop, sync points, divergence), ``checkpoint`` (save, resume), ``dataset`` (history ->
+xarray).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ctpc.config.schema import Config, ConfigError, TrainingConfig
+from ctpc.config.paths import OutputError
+from ctpc.results.dataset import write_netcdf
+from ctpc.config.paths import TRAINING_COMPANIONS, check_outputs, run_inputs, write_atomically
+from ctpc.build.resolve import load_config, resolve, warn_unused_by_bp
+from ctpc.build.objects import matmul_precision
+from ctpc.training import checkpoint as ckpt
+from ctpc.training.history import training_dataset
+from ctpc.training.loop import Trainer
+from ctpc.training.setup import build_training, check_data, check_machine
+
+__all__ = ["train", "train_replicas", "prepare_config", "check_training"]
+
+
+def prepare_config(config, overrides=None) -> Config:
+    """Load and validate a training config; a missing ``training:`` section means defaults."""
+    cfg = load_config(config, overrides, resolve_files=False)
+    if cfg.training is None:
+        cfg = cfg.model_copy(deep=True)
+        cfg.training = TrainingConfig()
+    cfg = resolve(cfg)      # as a training run: its schedule's memory, no trace-size check
+    check_training(cfg)
+    return cfg
+
+
+def check_training(cfg: Config, *, machine: bool = True) -> None:
+    """Everything a training run of ``cfg`` refuses before its first update, without building
+    it (ConfigError): the backend, the data source, the splits and the schedule
+    (:func:`.setup.check_data`), and with ``machine`` what depends on the machine that runs it
+    (:func:`.setup.check_machine`: device, CUDA graphs, C++ compiler). A sweep calls it for
+    every cell before any cell runs."""
+    if cfg.backend != "torch":
+        raise ConfigError(f"backend {cfg.backend!r} cannot train; training runs on backend "
+                          "torch (set backend: torch)")
+    if cfg.data.source == "synthetic":
+        raise ConfigError("data.source 'synthetic' has no train/test split to learn from; use "
+                          "digits, mnist, idx or npz")
+    check_data(cfg)
+    if machine:
+        check_machine(cfg)
+
+
+def train(config, overrides=None, *, out: str | Path | None = None, resume: bool = False,
+          overwrite: bool = False, progress: bool = False,
+          command: str | None = None) -> xr.Dataset:
+    """Train one network and return its training dataset (written to ``out`` or the config's
+    ``output`` when set, with the final weights beside it as ``<out>.weights.npz`` and a
+    checkpoint ``<out>.ckpt.pt``). A diverged run is returned with
+    ``ds.attrs["status"] == "diverged"``.
+
+    An existing run at the output (any of those three files) is never replaced silently:
+    ``resume`` continues it from its checkpoint (bit-identical on the CPU; with a larger
+    ``training.epochs`` or ``training.max_updates`` it extends the run, identical to a run of
+    that length from the start), ``overwrite`` replaces it (its files are removed when the new
+    run starts); without either it is a ConfigError. ``resume`` without a checkpoint starts
+    from the beginning (a warning says so).
+    """
+    cfg = prepare_config(config, overrides)
+    warn_unused_by_bp(cfg)          # a single run; sweep cells (train_replicas) do not warn
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: --resume continues "
+                          "the run at the output, --overwrite replaces it; give one of them")
+    target = out if out is not None else cfg.output
+    if target is not None:
+        # the one check of outputs (ctpc.config.paths): the output, its weights file and checkpoint
+        target = check_outputs(target, "--out" if out is not None else "output",
+                               inputs=run_inputs(cfg, config_file=_config_file(config)),
+                               companions=TRAINING_COMPANIONS)
+    elif resume:
+        raise ConfigError("--resume needs an output path (--out or output:): the checkpoint "
+                          "lives beside it")
+    blob, existing = None, []
+    if target is not None:
+        path, digest = ckpt.checkpoint_path(target), ckpt.run_digest(cfg)
+        existing = [p for p in (target, path, ckpt.weights_path(target)) if p.exists()]
+        names = ", ".join(p.name for p in existing)
+        if resume and path.exists():
+            blob = ckpt.load(path, digest)           # refused here, before any work
+        elif resume and existing:
+            raise OutputError(
+                f"--resume: there is no checkpoint {str(path)!r} to continue {str(target)!r} "
+                f"from (only {names}: the run diverged before its first checkpoint, or the "
+                "checkpoint was removed); rerun with --overwrite instead of --resume to run it "
+                "again from the start")
+        elif resume:
+            warnings.warn(f"--resume: no checkpoint {str(path)!r} yet (nothing to continue); "
+                          "starting the run from the beginning", stacklevel=2)
+        elif existing and not overwrite:
+            raise OutputError(
+                f"{'--out' if out is not None else 'output'} {str(target)!r} already holds a "
+                f"training run ({names}); add --resume "
+                "to continue it (with --set training.epochs=N to extend it) or --overwrite to "
+                "replace it (Python API: resume=True or overwrite=True)")
+    setup = build_training(cfg)
+    kwargs = {"progress": progress}
+    if target is not None:
+        kwargs["checkpoint"] = lambda trainer: ckpt.save(trainer, path, digest)
+        if blob is not None:
+            kwargs = ckpt.restore(blob, kwargs, setup.model.weights.tensors, path, setup)
+        elif overwrite:
+            for p in existing:          # the replaced run: none of it stays beside the new one
+                p.unlink(missing_ok=True)
+    with matmul_precision(cfg):
+        trainer = _trainer(setup, kwargs, path if blob is not None else None)
+        state = trainer.run()
+    ds = training_dataset(setup, state, 0, command)
+    if target is not None:
+        if ds.attrs["status"] == "ok":
+            write_weights(setup.model.weights.matrices(0), ckpt.weights_path(target))
+        else:       # an earlier (shorter, resumed) run's weights are not this run's
+            ckpt.weights_path(target).unlink(missing_ok=True)
+        write_netcdf(ds, target)
+        ds.attrs["path"] = str(target)
+    return ds
+
+
+def _trainer(setup, kwargs: dict, resumed_from: Path | None) -> Trainer:
+    """The Trainer; a resumed checkpoint whose optimiser state does not fit is exit 2."""
+    if resumed_from is None:
+        return Trainer(setup, **kwargs)
+    try:
+        return Trainer(setup, **kwargs)
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+        raise ConfigError(f"--resume: the checkpoint {str(resumed_from)!r} does not fit this "
+                          f"run (optimizer state: {exc}); {ckpt.FIX}") from None
+
+
+def _config_file(config) -> str | Path | None:
+    """The config file a run reads (an input no output may overwrite), if it is one."""
+    return config if isinstance(config, (str, Path)) else None
+
+
+def train_replicas(cfgs: list[Config], progress: bool = False,
+                   command: str | None = None) -> list[tuple[xr.Dataset, list[np.ndarray]]]:
+    """Train configs that share :func:`ctpc.training.setup.training_key` as replicas of one
+    tensor program; returns (dataset, final weights [W_1 .. W_L]) per config."""
+    setup = build_training(cfgs)
+    with matmul_precision(cfgs[0]):
+        state = Trainer(setup, progress=progress).run()
+    return [(training_dataset(setup, state, r, command),
+             [m.cpu().numpy() for m in setup.model.weights.matrices(r)])
+            for r in range(len(cfgs))]
+
+
+def write_weights(matrices, path: Path) -> Path:
+    """``w1 .. wL`` ([out, in], unscaled) as an .npz that ``network.weights`` loads; atomic."""
+    arrays = {f"w{i}": np.asarray(m.detach().cpu().numpy() if hasattr(m, "detach") else m)
+              for i, m in enumerate(matrices, start=1)}
+    def write(tmp: Path) -> None:    # NAME.tmp-PID, removed by the next run if this one is killed
+        with open(tmp, "wb") as f:      # a file object: savez would append .npz to a name
+            np.savez(f, **arrays)
+    return write_atomically(path, write)
+

@@ -1,0 +1,105 @@
+"""Continuous plasticity: tau_W dW/dt = -dL_rho/dW integrated with the neurons (spec section 4).
+
+During each presentation the weights move together with the activity, error and multiplier
+neurons, with the configured scheme, instead of one optimiser step per batch:
+
+* explicit RK schemes (euler, heun, rk4) integrate the joint system (S, W) with the scheme's own
+  tableau (:class:`ctpc.core.integrators.ExplicitRK` with a joint right-hand side);
+* Gauss-Seidel schemes (semi_implicit, discrete) add the weights as the last block of the sweep:
+  activity, then error and multiplier neurons, then W from the read-out at the new state
+  (the credit x presynaptic rate of that state, with the weights of the start of the step).
+
+Between presentations the neurons restart (h feed-forward, lambda = 0) and the weights keep
+their values. The weight step of one integration step is dt/tau_W times the read-out.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from ctpc.core.dynamics import Dynamics, Params
+from ctpc.core.integrators import ExplicitRK, GaussSeidel, axpy_
+from ctpc.core.network import Weights
+
+
+def _weights_of(y) -> Weights:
+    return Weights(*y[1:])
+
+
+@dataclass(frozen=True)
+class PlasticGaussSeidel:
+    """A Gauss-Seidel solver whose carry is (neuron carry, weights)."""
+    base: GaussSeidel
+    tau_w: float
+
+    @property
+    def dt(self):
+        return self.base.dt
+
+    def init(self, S: torch.Tensor, p: Params):
+        return self.base.init(S, p), p.weights
+
+    def state(self, carry) -> torch.Tensor:
+        return self.base.state(carry[0])
+
+    def step(self, carry, p: Params, last: bool = False):
+        inner, w = carry
+        dyn = self.base.dyn
+        pw = dyn.params(w, p.x, p.y, p.rates)
+        inner = self.base.step(inner, pw, last)
+        S = self.base.state(inner)
+        grads = dyn.weight_gradients(S, inner.resid, pw)
+        c = self.base.dt * (-1.0 / self.tau_w)
+        w = Weights(*(axpy_(t.clone(), g, c) for t, g in zip(w.tensors, grads.tensors)))
+        # the next primal step needs the residuals of the NEW weights
+        return self.base.init(S, dyn.params(w, p.x, p.y, p.rates)), w
+
+
+def plastic_rk(base: ExplicitRK, tau_w: float) -> ExplicitRK:
+    """The RK solver of ``base`` over the joint state (S, W_in, W_mid, W_out)."""
+    dyn: Dynamics = base.dyn
+    k_w = -1.0 / tau_w
+
+    def rhs(y, p: Params):
+        S, w = y[0], _weights_of(y)
+        pw = dyn.params(w, p.x, p.y, p.rates)
+        dS = dyn.rhs(S, pw)
+        grads = dyn.weight_gradients(S, dyn.residuals(S, pw), pw)
+        return (dS, *(g.mul_(k_w) for g in grads.tensors))
+    return dataclasses.replace(base, rhs=rhs)
+
+
+class PlasticRK:
+    """Adapter giving the joint RK solver the (init from S, carry) interface."""
+
+    def __init__(self, base: ExplicitRK, tau_w: float):
+        self.solver = plastic_rk(base, tau_w)
+
+    @property
+    def dt(self):
+        return self.solver.dt
+
+    def init(self, S: torch.Tensor, p: Params):
+        return self.solver.init((S, *p.weights.tensors), p)
+
+    def state(self, carry) -> torch.Tensor:
+        return carry[0]
+
+    def step(self, carry, p: Params, last: bool = False):
+        return self.solver.step(carry, p, last)
+
+
+def plastic_solver(base, tau_w: float):
+    """Wrap a neuron solver so the weights are integrated with the neurons."""
+    if isinstance(base, GaussSeidel):
+        return PlasticGaussSeidel(base, tau_w)
+    return PlasticRK(base, tau_w)
+
+
+def final_weights(solver, carry) -> Weights:
+    """The weights at the end of a plastic presentation."""
+    if isinstance(solver, PlasticGaussSeidel):
+        return carry[1]
+    return _weights_of(carry)
