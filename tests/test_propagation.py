@@ -109,11 +109,12 @@ def test_pc_arrival_scales_quadratically_with_depth(pc_runs_settled):
     # half-value time measures diffusion, not the budget.
     assert max(drift) < 0.03
     assert bool(res.all_arrived)
-    # The acceptance bound. At these depths the exponent is below the asymptotic 2
-    # (measured 1.73 - 1.80 over seeds 0-2 at width 16; ~2.0 at width 8): PC's slow final
-    # approach to its fixed point grows more slowly than L^2, and the half-value time includes
-    # part of it (the 0.1-value front gives 1.86).
-    assert float(res.exponent) >= 1.7
-    assert float(res.exponent) <= 2.3                 # and not faster than diffusion allows
+    # Diffusive, not ballistic: a ballistic front arrives after ~L steps (exponent 1, as
+    # PC-ALM's does), a diffusive one after ~L^2 (exponent 2). The bound is the midpoint of the
+    # two regimes, 1.5, so the test decides which one PC is in rather than matching a measured
+    # value (measured 1.73 - 1.80 over seeds 0-2 at width 16, ~2.0 at width 8: below the
+    # asymptotic 2 because the half-value time includes part of PC's slow final approach).
+    assert float(res.exponent) > 1.5
+    assert float(res.exponent) < 2.5                  # and not beyond diffusion (midpoint 2..3)
     # PC's biased fixed point: its credit never reaches half the BP adjoint, even settled.
     assert not analysis.arrival_scaling(pc_runs_settled, 0.5, "bp_adjoint").arrived.any()

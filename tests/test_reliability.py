@@ -35,10 +35,9 @@ from ctpc.sim.recording import plan_recording
 from ctpc.cli.simulate import main as simulate_main
 from ctpc.cli.sweep import main as sweep_main
 from ctpc.config.identity import input_digests
-from clicases import check, cli
+from clicases import check, cli, cli_with_permissions
 
 ROOT = Path(__file__).resolve().parent.parent
-ROOTED = hasattr(os, "geteuid") and os.geteuid() == 0     # chmod does not stop root
 
 BASE = {"name": "tiny", "dtype": "float64", "device": "cpu",
         "network": {"width": 4, "depth": 3, "input_dim": 5, "output_dim": 3},
@@ -320,7 +319,6 @@ def test_simulate_paths_and_arguments(name, argv, code, needles, work, capsys):
     check(got, err, code, needles)
 
 
-@pytest.mark.skipif(ROOTED, reason="root reads and writes through permissions")
 def test_unreadable_config_and_read_only_output(tmp_path, capsys):
     cfg = tmp_path / "secret.yaml"
     cfg.write_text(yaml.safe_dump(BASE))
@@ -329,9 +327,10 @@ def test_unreadable_config_and_read_only_output(tmp_path, capsys):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        check(*cli(simulate_main, [cfg, "--quiet"], capsys), 2, ["secret.yaml", "cannot be read"])
-        check(*cli(simulate_main, [_write(tmp_path, BASE), "--out", locked / "o.nc",
-                                   "--quiet"], capsys), 2, ["not writable"])
+        run = lambda argv: cli_with_permissions("ctpc.simulate", simulate_main, argv, capsys)
+        check(*run([cfg, "--quiet"]), 2, ["secret.yaml", "cannot be read"])
+        check(*run([_write(tmp_path, BASE), "--out", locked / "o.nc", "--quiet"]), 2,
+              ["not writable"])
     finally:
         cfg.chmod(0o600)
         locked.chmod(0o700)
@@ -402,7 +401,6 @@ def test_sweep_refused_before_any_cluster(name, argv, code, needles, work, no_cl
     assert not (work / "refused.cells").exists() and not (work / "refused.nc").exists()
 
 
-@pytest.mark.skipif(ROOTED, reason="root writes through permissions; see the 'under a file' case")
 def test_sweep_read_only_directory(tmp_path, no_cluster, capsys):
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -412,9 +410,9 @@ def test_sweep_read_only_directory(tmp_path, no_cluster, capsys):
     locked.chmod(0o500)
     cells.chmod(0o500)
     try:
-        check(*cli(sweep_main, [tmp_path / "s.yaml", "--out", locked / "s.nc"], capsys), 2,
-              ["not writable"])
-        check(*cli(sweep_main, [tmp_path / "s.yaml", "--out", tmp_path / "ro.nc"], capsys), 2,
+        run = lambda argv: cli_with_permissions("ctpc.sweep", sweep_main, argv, capsys)
+        check(*run([tmp_path / "s.yaml", "--out", locked / "s.nc"]), 2, ["not writable"])
+        check(*run([tmp_path / "s.yaml", "--out", tmp_path / "ro.nc"]), 2,
               ["ro.cells", "not writable"])
     finally:
         locked.chmod(0o700)

@@ -26,8 +26,11 @@ QUICK = ["network.depth=4", "network.width=16", "training.epochs=5", "training.l
 def test_every_method_learns_on_digits(method):
     ds = ctpc.train(MODEL, QUICK + [f"dynamics.method={method}"])
     assert ds.attrs["status"] == "ok" and ds.attrs["method"] == method
-    # 110 updates of batch 64 on 1437 digits (chance 0.1); seen: 0.74 .. 0.79 for all three
-    assert float(ds.test_acc[0]) < 0.3 < 0.5 < float(ds.test_acc[-1])
+    # 110 updates of batch 64 on 1437 digits. Before any update the network guesses: chance
+    # is 0.1 on 10 balanced classes, and 0.3 is three times chance. After 110 updates it must
+    # classify most test digits: more than half right (seen: 0.74 .. 0.79 for all three).
+    assert float(ds.test_acc[0]) < 0.3
+    assert float(ds.test_acc[-1]) > 0.5
     assert float(ds.train_loss[-10:].mean()) < float(ds.train_loss[:10].mean())
     if method == "bp":
         np.testing.assert_allclose(ds.bp_cos.values, 1.0, atol=1e-5)   # BP's update is BP's
