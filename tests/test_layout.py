@@ -48,3 +48,15 @@ def test_a_clone_named_ctpc_beside_a_script_does_not_shadow_the_package(tmp_path
 def test_the_repository_root_holds_no_package():
     assert not (ROOT / "ctpc").exists()
     assert (ROOT / "src" / "ctpc" / "__init__.py").is_file()
+
+
+def test_each_refusal_has_its_own_name_and_one_family():
+    """A config error is a config error: output, results, build and download errors are not
+    ConfigErrors, and all are InputErrors, which the commands turn into exit code 2."""
+    from ctpc.cli.fetch import FetchError
+    from ctpc.config.paths import OutputError
+    from ctpc.results.dataset import ResultsError
+    for cls in (OutputError, ResultsError, FetchError):
+        assert not issubclass(cls, ctpc.ConfigError)
+        assert issubclass(cls, ctpc.InputError)
+    assert issubclass(ctpc.ConfigError, ctpc.InputError)

@@ -748,4 +748,4 @@ def test_open_results_gives_a_clean_message(name, results_cases):
     with pytest.raises(ResultsError) as info:
         open_results(path)
     assert needle in str(info.value) and what in str(info.value)
-    assert isinstance(info.value, ConfigError)        # exit 2 where a command reads it
+    assert isinstance(info.value, ctpc.InputError)    # exit 2 where a command reads it

@@ -18,7 +18,7 @@ import yaml
 
 import ctpc
 import ctpc.sweep as sweep_mod
-from ctpc.config.schema import ConfigError
+from ctpc.config.paths import OutputError
 from ctpc.cli.simulate import main as simulate_main
 from ctpc.sweep import plan_sweep, run_sweep
 from ctpc.cli.sweep import main as sweep_main
@@ -141,7 +141,7 @@ def test_simulate_never_overwrites_an_input(key, how, inputs, tmp_path, monkeypa
 
 def test_simulate_api_never_overwrites_an_input(inputs):
     for key in ("data.path", "network.weights", "config file"):
-        with pytest.raises(ConfigError, match="would overwrite its own input"):
+        with pytest.raises(OutputError, match="would overwrite its own input"):
             ctpc.simulate(str(inputs["config file"]), out=inputs[key])
 
 
@@ -170,7 +170,7 @@ def test_train_never_overwrites_an_input(case, tmp_path, capsys):
 def test_train_api_never_overwrites_an_input(tmp_path):
     files = train_inputs(tmp_path, weights_name="o.weights.npz")
     before = tree(tmp_path)
-    with pytest.raises(ConfigError, match="its weights file .* is network.weights"):
+    with pytest.raises(OutputError, match="its weights file .* is network.weights"):
         ctpc.train(str(files["config file"]), out=tmp_path / "o.nc")
     assert tree(tmp_path) == before
 
@@ -220,7 +220,7 @@ def test_sweep_never_overwrites_an_input(case, tmp_path, no_cluster, capsys):
     code, err = cli(sweep_main, [config, "--out", out, "--quiet", *sets], capsys)
     check(code, err, 2, [*needles, "would overwrite its own input"])
     assert tree(tmp_path) == before
-    with pytest.raises(ConfigError, match="would overwrite its own input"):
+    with pytest.raises(OutputError, match="would overwrite its own input"):
         run_sweep(str(config), out=out, progress=False)
     assert tree(tmp_path) == before
 
@@ -292,7 +292,7 @@ def test_companions_need_an_output_ending_in_nc(tmp_path, no_cluster, monkeypatc
     check(code, err, 2, ["--out 'a'", "must end in .nc", "NAME.weights.npz", "'a.nc'"])
     code, err = cli(sweep_main, [_sweep_config(tmp_path), "--out", "b.h5", "--quiet"], capsys)
     check(code, err, 2, ["--out 'b.h5'", "must end in .nc", "NAME.cells/", "'b.nc'"])
-    with pytest.raises(ConfigError, match="must end in .nc"):
+    with pytest.raises(OutputError, match="must end in .nc"):
         ctpc.train(str(files["config file"]), out="a")
     assert tree(tmp_path).keys() == before.keys() | {"s.yaml"}
     code, err = cli(simulate_main, [write_yaml(tmp_path / "c.yaml", BASE), "--out", "a",
@@ -313,7 +313,7 @@ def test_one_helper_names_every_companion(tmp_path):
     assert cells_dir_of(out) == companion_path(out, "cells")
     assert set(COMPANIONS) == {"weights", "checkpoint", "cells"}
     for name in ("run", "run.h5", "run.nc.bak"):
-        with pytest.raises(ConfigError, match="ends in .nc"):
+        with pytest.raises(OutputError, match="ends in .nc"):
             companion_path(tmp_path / name, "weights")
 
 
@@ -492,9 +492,9 @@ def test_bad_output_names_are_refused_before_any_work(case, text, argv, needles,
 def test_bad_names_in_the_python_api(tmp_path):
     for changes in ({"name": "a\0b"}, {"name": "a\udcffb"}, {"name": "../x"},
                     {"output": str(tmp_path / "o\0.nc")}, {"output": str(tmp_path) + "/"}):
-        with pytest.raises(ConfigError):
+        with pytest.raises(ctpc.InputError):   # a bad name, or a bad output path
             ctpc.simulate({**BASE, **changes})
-    with pytest.raises(ConfigError, match="names a directory"):
+    with pytest.raises(OutputError, match="names a directory"):
         ctpc.simulate(BASE, out=str(tmp_path / "new") + "/")
     assert list(tmp_path.iterdir()) == []
 

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 import ctpc
-from ctpc.config.schema import ConfigError
+from ctpc.config.paths import OutputError
 from ctpc.common.signals import Terminated
 from ctpc.cli.simulate import main as simulate_main
 from ctpc.cli.sweep import main as sweep_main
@@ -227,11 +227,11 @@ def test_simulate_onto_a_training_runs_files_is_refused(parts, finished, tmp_pat
 def test_python_api_refuses_an_existing_output_unless_overwrite(finished, tmp_path):
     out = tmp_path / "s.nc"
     ctpc.simulate(SIM, out=out)
-    with pytest.raises(ConfigError, match="overwrite=True"):
+    with pytest.raises(OutputError, match="overwrite=True"):
         ctpc.simulate(SIM, out=out)
     ctpc.simulate(SIM, out=out, overwrite=True)
     copy_run(finished, tmp_path / "t.nc")
-    with pytest.raises(ConfigError, match="resume=True or overwrite=True"):
+    with pytest.raises(OutputError, match="resume=True or overwrite=True"):
         ctpc.train(MODEL, TINY, out=tmp_path / "t.nc")
     ds = ctpc.train(MODEL, TINY + ["training.max_updates=2"], out=tmp_path / "t.nc",
                     overwrite=True)

@@ -13,13 +13,14 @@ use, so
 import importlib
 
 from ctpc.common.version import __version__
+from ctpc.common.errors import InputError
 from ctpc.config.schema import Config, ConfigError
 from ctpc.results.dataset import open_results
 
 _ON_FIRST_USE = {"load_config": "ctpc.build.resolve", "simulate": "ctpc.sim.simulation",
                  "train": "ctpc.training"}
 
-__all__ = ["Config", "ConfigError", "load_config", "open_results", "simulate", "train",
+__all__ = ["Config", "ConfigError", "InputError", "load_config", "open_results", "simulate", "train",
            "__version__"]
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from ctpc.common import signals
-from ctpc.config.schema import ConfigError
+from ctpc.common.errors import InputError
 from ctpc.common.signals import Terminated
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -151,7 +151,7 @@ def run_main(prog: str, body: Callable[[], int], *, rerun: str | None = None) ->
         warnings.showwarning = _print_warning
         try:
             return body()
-        except ConfigError as exc:
+        except InputError as exc:
             say(prog, str(exc))
             return EXIT_CONFIG
         except Terminated:

@@ -47,7 +47,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ctpc.cli import common as cli
-from ctpc.config.schema import ConfigError
+from ctpc.common.errors import InputError
 from ctpc.data import idx
 from ctpc.config.paths import glob_escape, writer_alive
 
@@ -123,7 +123,7 @@ DATASETS = {
 }
 
 
-class FetchError(ConfigError):
+class FetchError(InputError):
     """A download that failed or did not verify (exit code 2, one line)."""
 
 

@@ -35,10 +35,11 @@ import stat
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ctpc.config.schema import Config, ConfigError
+from ctpc.common.errors import InputError
+from ctpc.config.schema import Config
 
 
-class OutputError(ConfigError):
+class OutputError(InputError):
     """An output path that cannot be written (exit code 2 on the command line)."""
 
 

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from ctpc.common.errors import InputError
 from ctpc.common.schemes import SCHEME_NAMES, SCHEMES
 
 Activation = Literal["linear", "tanh", "relu"]
@@ -32,7 +33,7 @@ ALL_VARIABLES: tuple[str, ...] = ("h", "lam", "err", "credit")
 INT64_MAX = 2 ** 63 - 1
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration that cannot run. The message names the key path and how to fix it."""
 
 

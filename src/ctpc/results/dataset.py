@@ -15,7 +15,8 @@ from dask.diagnostics import ProgressBar
 
 from ctpc.common import signals
 from ctpc.common.version import __version__
-from ctpc.config.schema import Config, ConfigError
+from ctpc.common.errors import InputError
+from ctpc.config.schema import Config
 from ctpc.config.paths import check_outputs, temporary as _temporary, write_failed
 from ctpc.common.labels import var_attrs
 from ctpc.results.run_result import SERIES_LAYER, SERIES_WEIGHT, RunResult
@@ -219,5 +220,5 @@ def open_results(path: str | Path) -> xr.Dataset:
     return ds
 
 
-class ResultsError(ConfigError):
+class ResultsError(InputError):
     """A results file that cannot be opened."""

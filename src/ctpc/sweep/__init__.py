@@ -35,6 +35,7 @@ from typing import Union
 import xarray as xr
 from tqdm.auto import tqdm
 
+from ctpc.common.errors import InputError
 from ctpc.config.schema import Config, ConfigError
 from ctpc.config.load import apply_overrides, override_items, read_yaml
 from ctpc.results.dataset import ResultsError, open_results, write_netcdf
@@ -176,7 +177,7 @@ def plan_sweep(config: Union[str, Path, dict, Config], overrides=None, *,
     for cell in plan.todo if check_machine else ():
         try:
             check_cell(cell.config, machine=True)
-        except ConfigError as exc:
+        except InputError as exc:
             raise ConfigError(f"sweep cell ({_refused_label(cell)}): {exc}") from None
     return plan
 

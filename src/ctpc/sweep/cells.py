@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ctpc.common.errors import InputError
 from ctpc.config.schema import Config, ConfigError
 from ctpc.config.identity import cell_key
 from ctpc.build.resolve import load_config
@@ -162,7 +163,7 @@ def expand(base: dict, axes: list[Axis]) -> list[Cell]:
             cfg = load_config(base, overrides)
             # what the cell's task would refuse before computing (the machine: plan_sweep)
             check_cell(cfg, machine=False)
-        except ConfigError as exc:
+        except InputError as exc:
             raise ConfigError(f"sweep cell ({label}): {exc}") from None
         cells.append(Cell(index, overrides, cfg, cell_key(cfg, digests)))
     keys = [c.key for c in cells]

@@ -31,6 +31,7 @@ import warnings
 import dask
 import xarray as xr
 
+from ctpc.common.errors import InputError
 from ctpc.config.schema import Config, ConfigError
 
 # The comm schemes distributed can connect a client over (distributed.comm.registry: tcp and
@@ -319,7 +320,7 @@ def check_cells(configs: list[dict]) -> tuple[int, str] | None:
     for i, raw in enumerate(configs):
         try:
             check_cell(load_config(raw), machine=True)
-        except ConfigError as exc:
+        except InputError as exc:
             return i, str(exc)
     return None
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctpc.common.errors import InputError
 from ctpc.config.schema import Config, ConfigError
 from ctpc.config.paths import companion_path, write_atomically
 from ctpc.config.identity import run_key
@@ -166,7 +167,7 @@ def restore(blob: dict, trainer_kwargs: dict, weights, path: Path, setup=None) -
         for t, s in zip(weights, saved):
             t.copy_(s)
         torch.set_rng_state(blob["torch_rng"])
-    except ConfigError:
+    except InputError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
         raise ConfigError(f"{where} does not fit this run ({exc}); {FIX}") from None

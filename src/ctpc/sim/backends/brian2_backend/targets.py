@@ -14,7 +14,8 @@ import brian2 as b2
 import numpy as np
 from brian2.devices.device import reset_device
 
-from ctpc.config.schema import Config, ConfigError
+from ctpc.common.errors import InputError
+from ctpc.config.schema import Config
 
 PREFS = ("codegen.target", "core.default_float_dtype", "codegen.runtime.cython.cache_dir",
          "devices.cpp_standalone.extra_make_args_unix", "core.stop_on_keyboard_interrupt")
@@ -22,7 +23,7 @@ COMPILER_ERRORS = {"CompileError", "LinkError", "CCompilerError", "DistutilsExec
                    "DistutilsPlatformError"}
 
 
-class Brian2BuildError(ConfigError):
+class Brian2BuildError(InputError):
     """The generated code of a compiled target could not be built (exit code 2 on the CLI)."""
 
 
