@@ -89,12 +89,13 @@ def ctpc_loop(cfgs, check: bool):
     loaded = [ctpc.load_config(c) for c in cfgs]
     model = build_model(loaded)
     dyn, p, it = model.dyn, model.params(), loaded[0].integrator
-    solver = make_solver(dyn, it.scheme, model.dt, compile=it.compile)
+    solver = make_solver(dyn, it.scheme, compile=it.compile)
 
     def run():
         with torch.no_grad():
             carry = solver.init(dyn.initial_state(p), p)
-            out = integrate(solver, carry, p, it.n_steps, check_every=16 if check else None)
+            out = integrate(solver, carry, p, it.n_steps, dt=model.dt,
+                            check_every=16 if check else None)
             S = out.final_state()
             return dyn.weight_gradients(S, dyn.residuals(S, p), p)
     return run
@@ -117,10 +118,10 @@ def ctpc_rule(cfg, fused: bool, whole_max: int | None = None, mode: str = "unrol
     loaded = ctpc.load_config(cfg)
     model = build_model([loaded])
     it = loaded.integrator
-    solver = make_solver(model.dyn, it.scheme, model.dt)
+    solver = make_solver(model.dyn, it.scheme)
     args = (model.dyn, solver, it.n_steps, model.rates, "pcalm")
-    rule = (FusedInferenceRule(*args, batch_size=model.x.shape[1], mode=mode) if fused
-            else InferenceRule(*args))
+    rule = (FusedInferenceRule(*args, batch_size=model.x.shape[1], mode=mode, dt=model.dt)
+            if fused else InferenceRule(*args, dt=model.dt))
 
     def run():
         default = ctpc.core.compiled.WHOLE_STEPS_MAX

@@ -53,9 +53,14 @@ def _stepper(cfg):
         from ctpc.build.objects import build_model
         m = build_model(cfg)
         p = m.params()
-        solver = make_solver(m.dyn, "discrete", m.dt)
+        import inspect
+        if "dt" in inspect.signature(make_solver).parameters:   # dt bound in the solver
+            solver = make_solver(m.dyn, "discrete", m.dt)
+            carry = solver.init(m.dyn.initial_state(p), p)
+            return lambda: torch.no_grad()(solver.step)(carry, p)
+        solver = make_solver(m.dyn, "discrete")                 # dt given to every step
         carry = solver.init(m.dyn.initial_state(p), p)
-        return lambda: torch.no_grad()(solver.step)(carry, p)
+        return lambda: torch.no_grad()(solver.step)(carry, p, m.dt)
     except ImportError:                     # the first release (ctpc 0.1.0)
         from ctpc.sim.backends.torch_backend import build
         from ctpc.core.integrators import make_solver

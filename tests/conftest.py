@@ -71,6 +71,7 @@ SLOW = {
     "test_sweep.py::test_shipped_sweep_models_validate",
     "test_convergence_order.py::test_convergence_order",
     "test_brian2.py::test_build_and_extend_in_brian2",
+    "test_docs.py::test_site_builds_with_warnings_as_errors_and_its_config_reference_is_the_schema",
 }
 
 

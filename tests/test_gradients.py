@@ -101,7 +101,7 @@ def test_params_refuse_weights_changed_in_place():
     from ctpc.core.integrators import make_solver
     dyn = Dynamics(net, leaky=False)
     p = dyn.params(w, x, y, Rates(rho=RHO, k_h=0.25, k_lam=1.0, k_e=0.0))
-    solver = make_solver(dyn, "discrete", 1.0)
+    solver = make_solver(dyn, "discrete")
     solver.init(dyn.initial_state(p), p)              # fine
     with torch.no_grad():
         w.w_in.add_(0.1)                              # what optimiser.step() does

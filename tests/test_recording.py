@@ -216,7 +216,7 @@ def test_a_stream_that_cannot_fit_on_the_disk_is_refused_before_the_run(tmp_path
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(ctpc.sim.simulation.shutil, "disk_usage",
                         lambda path: usage._replace(free=1000))
-    with pytest.raises(ctpc.ConfigError, match="only 0.000954 MB are free"):
+    with pytest.raises(ctpc.InputError, match="only 0.000954 MB are free"):
         ctpc.simulate(long_config(stream_mb=1e-3), out=tmp_path / "x.nc")
     assert list(tmp_path.iterdir()) == []
 

@@ -294,7 +294,7 @@ def test_interrupted_training_prints_the_command_that_continues(
         exc, said, code, flags, continued, monkeypatch, capsys, tmp_path):
     def stop(*args, **kwargs):
         raise exc()
-    monkeypatch.setattr(importlib.import_module("ctpc.cli.train"), "train", stop)
+    monkeypatch.setattr(importlib.import_module("ctpc.cli.train"), "run_training", stop)
     monkeypatch.chdir(tmp_path)
     assert run(train_main, TRAIN_ARGV + flags) == code
     want = _typed("ctpc.train", TRAIN_ARGV + continued)
@@ -307,7 +307,7 @@ def test_interrupted_simulation_and_sweep_print_their_command(monkeypatch, capsy
         raise KeyboardInterrupt
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({**SIM, "sweep": {"seed": [0, 1]}}))
-    monkeypatch.setattr(importlib.import_module("ctpc.cli.simulate"), "simulate", stop)
+    monkeypatch.setattr(importlib.import_module("ctpc.cli.simulate"), "run_simulation", stop)
     argv = [str(cfg), "--out", str(tmp_path / "s.nc"), "--quiet"]
     assert run(simulate_main, argv) == 130
     err = capsys.readouterr().err.splitlines()[-1]        # after the note on the sweep section
@@ -393,7 +393,7 @@ def test_resume_extends_an_interrupted_run(tmp_path, monkeypatch, capsys):
 
 
 def test_one_identity_for_sweep_cells_and_resume():
-    from ctpc.config.identity import RUN_LENGTH, cell_key, config_key, run_key
+    from ctpc.config.identity import RESUME_MAY_CHANGE, cell_key, config_key, run_key
     load = lambda *o: ctpc.load_config(MODEL, list(o))
     a = load("training.epochs=3")
     longer = load("training.epochs=7", "training.max_updates=50")
@@ -405,14 +405,18 @@ def test_one_identity_for_sweep_cells_and_resume():
     d = a.to_dict()
     for k in ("name", "description", "output", "sweep", "memory_limit_gb"):
         d.pop(k)
+    assert d["network"].pop("bias") is False     # added later: hashed only when set
     assert cell_key(a) == hashlib.sha256(
         json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
     from ctpc.sweep import cells as grid
     assert grid.cell_key is cell_key
     # resume: the same run whatever its length or memory limit, another run for another seed
-    assert run_key(a) == run_key(longer) == run_key(limited) == config_key(
-        a, leave_out=RUN_LENGTH)
+    saves_more = load("training.epochs=3", "training.checkpoint_every=2")
+    assert run_key(a) == run_key(longer) == run_key(limited) == run_key(saves_more) == \
+        config_key(a, leave_out=RESUME_MAY_CHANGE)
+    assert cell_key(saves_more) != cell_key(a)      # a sweep cell's key is that of before
     assert run_key(a) != run_key(load("training.epochs=3", "seed=1"))
+    assert cell_key(load("training.epochs=3", "network.bias=true")) != cell_key(a)
 
 
 # ============================================================ 3. --quiet

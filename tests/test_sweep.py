@@ -122,7 +122,7 @@ def test_crashed_cell_is_recorded_and_retried(tmp_path, monkeypatch):
     broken, calls = {"seed 1": True}, []
 
     def flaky(configs, *args, **kwargs):
-        seeds = sorted(c["seed"] for c in configs)
+        seeds = sorted(c.seed for c in configs)       # the cells' resolved configs
         calls.append(seeds)
         if 1 in seeds and broken["seed 1"]:
             raise RuntimeError("boom in seed 1")

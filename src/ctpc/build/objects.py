@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ctpc.build.resolved import require_resolved
 from ctpc.config.schema import Config, ConfigError
 from ctpc.data import load_batch
 from ctpc.core.dynamics import Dynamics, Params, Rates, Scalar, per_replica
@@ -127,14 +128,14 @@ class Model:
     net: Network
     dyn: Dynamics
     weights: Weights
-    x: torch.Tensor        # [R, B, D]
-    y: torch.Tensor        # [R, B, O]
+    x: torch.Tensor | None  # [R, B, D]; None: a training model, fed batch by batch
+    y: torch.Tensor | None  # [R, B, O]
     rates: Rates
     dt: Scalar             # ms; a python float when shared, else [R, 1, 1]
 
     @property
     def replicas(self) -> int:
-        return self.x.shape[0]
+        return self.weights.replicas
 
     def params(self) -> Params:
         return self.dyn.params(self.weights, self.x, self.y, self.rates)
@@ -146,10 +147,27 @@ def rates_of(cfgs: list[Config], device, dtype) -> Rates:
                            [t[1] for t in taus], [c.dynamics.tau_e for c in cfgs], device, dtype)
 
 
-def build_model(cfgs: Config | list[Config], device: torch.device | None = None) -> Model:
-    """Network, dynamics, weights, batch, rates and dt of one config, or of several configs
-    stacked as replicas (they must share :func:`shape_key`)."""
+def initial_weights(cfgs: list[Config], device, dtype, from_files=None) -> Weights:
+    """The initial weights of configs stacked as replicas (:func:`ctpc.core.network.
+    init_weights`). ``from_files``: per config, what was read from its ``network.weights``;
+    default: what resolving read (the resolved configs' ``found.weights``), so that no run
+    reads the file again."""
+    if from_files is None:
+        from_files = [require_resolved(c, "initial_weights").found.weights for c in cfgs]
+    return Weights.stack([init_weights(c, from_file=f) for c, f in zip(cfgs, from_files)],
+                         device, dtype)
+
+
+def build_model(cfgs: Config | list[Config], device: torch.device | None = None, *,
+                batch: bool = True) -> Model:
+    """Network, dynamics, weights, batch, rates and dt of one resolved config
+    (:func:`ctpc.build.resolve.resolve`), or of several stacked as replicas (they must share
+    :func:`shape_key`). The weights and, where resolving computed lambda_max on it, the batch
+    come from the configs' ``found``. ``batch=False``: no batch (a training model, fed the
+    training data batch by batch): ``x`` and ``y`` are None."""
     cfgs = [cfgs] if isinstance(cfgs, Config) else list(cfgs)
+    for c in cfgs:
+        require_resolved(c, "build_model")
     keys = {shape_key(c) for c in cfgs}
     if len(keys) != 1:
         raise ValueError(f"replicas must share sizes, activation, batch, dtype and error-neuron "
@@ -158,10 +176,13 @@ def build_model(cfgs: Config | list[Config], device: torch.device | None = None)
     device = device if device is not None else resolve_device(first.device)
     dtype = DTYPES[first.dtype]
     net = Network.from_config(first, device, dtype)
-    weights = Weights.stack([init_weights(c) for c in cfgs], device, dtype)
-    batches = [load_batch(c.data, c.network, c.seed) for c in cfgs]
-    as_t = lambda arrays: torch.as_tensor(np.stack(arrays), device=device, dtype=dtype)
-    x, y = as_t([b[0] for b in batches]), as_t([b[1] for b in batches])
+    weights = initial_weights(cfgs, device, dtype)
+    x = y = None
+    if batch:
+        batches = [c.found.batch if c.found.batch is not None else
+                   load_batch(c.data, c.network, c.seed) for c in cfgs]
+        as_t = lambda arrays: torch.as_tensor(np.stack(arrays), device=device, dtype=dtype)
+        x, y = as_t([b[0] for b in batches]), as_t([b[1] for b in batches])
     dt = per_replica([c.integrator.dt for c in cfgs], device, dtype)
     return Model(net, Dynamics(net, first.dynamics.tau_e > 0), weights, x, y,
                  rates_of(cfgs, device, dtype), dt)

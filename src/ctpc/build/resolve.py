@@ -3,7 +3,12 @@
 that a run starts from a config whose every number is known and checked.
 
 :func:`load_config` = :func:`ctpc.config.load.read_config` (YAML, overrides, schema) followed
-by :func:`resolve`. Everything a run reads passes through it once, at the edge.
+by :func:`resolve`. Everything a run reads passes through it once, at the edge: the result is a
+:class:`Resolved` config (:mod:`ctpc.build.resolved`), immutable, which carries what resolving
+found (``cfg.found``: the weights read from the file, the lambda_max of ``state_lr: auto``, the
+batch it was computed on, the data's sizes, the digests of the files read). ``ctpc.simulate``,
+``ctpc.train`` and a sweep's workers take it as it is and resolve nothing again; a plain
+:class:`Config` given to them is resolved first, once.
 """
 from __future__ import annotations
 
@@ -14,24 +19,56 @@ from typing import Union
 
 from ctpc import data as data_mod
 from ctpc.build.auto_step import resolve_auto_step
+from ctpc.build.resolved import Found, Resolved, freeze
 from ctpc.config.load import read_config
 from ctpc.config.schema import Config, ConfigError, layer_shapes
 from ctpc.core.network import check_weights_file
 from ctpc.results.memory import check_memory, check_trace_size
 
+__all__ = ["load_config", "resolve", "resolved", "in_float64_on_cpu", "Resolved", "Found",
+           "check_number_range", "unused_by_bp", "warn_unused_by_bp"]
+
 
 def load_config(source: Union[str, Path, dict, Config], overrides=None, *,
-                resolve_files: bool = True) -> Config:
+                resolve_files: bool = True) -> Resolved | Config:
     """Read, override, validate (:func:`ctpc.config.load.read_config`) and resolve a
-    configuration. ``resolve_files=False`` stops after validation.
-    Raises :class:`ConfigError` with the offending key path.
+    configuration: a :class:`Resolved` config, which behaves as a :class:`Config` (``cfg.
+    network.depth``, ``cfg.to_dict()``) but cannot be changed. A :class:`Resolved` config
+    without overrides is returned as it is (nothing is read or resolved again); with overrides
+    it is a new config, resolved anew. ``resolve_files=False`` stops after validation and
+    returns a plain, mutable :class:`Config`. Raises :class:`ConfigError` with the offending
+    key path.
     """
+    if resolve_files and isinstance(source, Resolved) and no_overrides(overrides):
+        return source
     cfg = read_config(source, overrides)
-    return resolve(cfg) if resolve_files else cfg
+    if not resolve_files:
+        return cfg
+    return resolve(cfg, config_file=config_file_of(source))
 
 
-def resolve(cfg: Config) -> Config:
-    """Fill sizes from the data set and weights, and check everything that needs them."""
+def no_overrides(overrides) -> bool:
+    return overrides is None or (isinstance(overrides, (list, tuple, dict)) and not overrides)
+
+
+def config_file_of(source) -> Path | None:
+    """The YAML file a config comes from (an input no output may replace), if any."""
+    if isinstance(source, (str, Path)):
+        return Path(source)
+    return source.config_file if isinstance(source, Resolved) else None
+
+
+def resolved(cfg: Config) -> Resolved:
+    """``cfg`` itself if it is resolved, else :func:`resolve` of it (once)."""
+    return cfg if isinstance(cfg, Resolved) else resolve(cfg)
+
+
+def resolve(cfg: Config, *, config_file: str | Path | None = None) -> Resolved:
+    """Fill sizes from the data set and weights, and check everything that needs them; the
+    result is immutable and remembers what it found (:class:`Found`). A config resolved
+    already is returned as it is. ``config_file``: the YAML it was read from, if any."""
+    if isinstance(cfg, Resolved):
+        return cfg
     cfg = cfg.model_copy(deep=True)
     d_in, d_out, n_examples = data_mod.describe(cfg.data, cfg.network, cfg.seed, cfg.dtype)
     for key, found in (("input_dim", d_in), ("output_dim", d_out)):
@@ -53,8 +90,14 @@ def resolve(cfg: Config) -> Config:
             f"data.batch_size ({cfg.data.batch_size}) + data.offset ({cfg.data.offset}) exceeds "
             f"the {n_examples} examples of the {cfg.data.split} split (data.split) of "
             f"data.source={cfg.data.source!r}; lower one of them")
-    if cfg.network.weights is not None:
-        check_weights_file(cfg.network.weights, layer_shapes(cfg), cfg.dtype)
+    digests = data_mod.file_digests(cfg.data)
+    weights = None
+    if cfg.network.weights is not None:     # read once: the run takes them from cfg.found
+        weights = check_weights_file(cfg.network.weights, layer_shapes(cfg), cfg.dtype,
+                                     digests=digests)
+        for w in weights:
+            w.flags.writeable = False
+        weights = tuple(weights)
     if cfg.integrator.budget == "auto":
         cfg.integrator.budget = 2 * cfg.network.depth      # the paper's T = 2L
     _check_record(cfg)
@@ -70,10 +113,26 @@ def resolve(cfg: Config) -> Config:
         # them when it plans its recording (ctpc.sim.recording.plan_recording).
         check_trace_size(cfg)
     check_number_range(cfg)
+    lam = batch = None
     if cfg.dynamics.needs_auto_step:
-        cfg = resolve_auto_step(cfg)
+        lam, batch = resolve_auto_step(cfg, weights)
         check_number_range(cfg)
-    return cfg
+    found = Found(n_examples=n_examples, split_sizes=splits, weights=weights, lambda_max=lam,
+                  batch=batch if cfg.training is None else None, digests=digests,
+                  config_file=None if config_file is None else Path(config_file))
+    return freeze(cfg, found)
+
+
+def in_float64_on_cpu(cfg: Config) -> Resolved:
+    """The resolved run of ``cfg`` in float64 on the CPU (the studies' exact arithmetic), from
+    what resolving it found: sizes, weights and lambda_max do not depend on either, and float64
+    holds whatever float32 holds, so nothing is read or resolved again."""
+    cfg = resolved(cfg)
+    if cfg.dtype == "float64" and cfg.device == "cpu":
+        return cfg
+    plain = cfg.unresolved()
+    plain.dtype, plain.device = "float64", "cpu"
+    return freeze(plain, cfg.found)
 
 
 FLOAT32 = {"max": 3.4028234663852886e38, "tiny": 1.1754943508222875e-38}

@@ -1,7 +1,9 @@
 """Command line: ``python -m ctpc.simulate CONFIG.yaml [--set k=v ...] [--out PATH] ...``.
 
 A thin entry point over :mod:`ctpc.cli.common` (shared with ``ctpc.train`` and ``ctpc.sweep``) and
-:func:`ctpc.sim.simulation.simulate`. Exit codes: see :mod:`ctpc.cli.common`.
+:func:`ctpc.sim.simulation.simulate` (its pieces: the config loaded and resolved once, the output
+checked once, then :func:`~ctpc.sim.simulation.run_simulation`). Exit codes: see
+:mod:`ctpc.cli.common`.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from ctpc.cli import common as cli
 from ctpc.config.paths import check_outputs, default_output, run_inputs
 from ctpc.build.objects import set_threads
 from ctpc.build.resolve import load_config
-from ctpc.sim.simulation import simulate, summary_table
+from ctpc.sim.simulation import run_simulation, summary_table
 
 
 def parser() -> argparse.ArgumentParser:
@@ -59,8 +61,9 @@ def _main(args) -> int:
                         "the sweep.")
     out, what = default_output(args.out, cfg.output, cfg.name, "run")
     out = check_outputs(out, what, inputs=run_inputs(cfg, config_file=args.config))
-    ds = simulate(cfg, out=out, progress=not args.quiet, overwrite=args.overwrite,
-                  command=cli.command_line("ctpc.simulate"))
+    # the config is resolved and the output checked: neither happens again
+    ds = run_simulation(cfg, out, progress=not args.quiet, overwrite=args.overwrite,
+                        command=cli.command_line("ctpc.simulate"))
     a = ds.attrs
     if not args.quiet:
         print(summary_table(ds))

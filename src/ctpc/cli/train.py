@@ -1,6 +1,8 @@
 """Command line: ``python -m ctpc.train CONFIG.yaml [--set k=v ...] [--out PATH] [--resume]``.
 
-A thin entry point over :mod:`ctpc.cli.common` and :func:`ctpc.training.train`. Exit codes: see
+A thin entry point over :mod:`ctpc.cli.common` and :func:`ctpc.training.train` (its pieces: the
+config resolved once by :func:`~ctpc.training.prepare_config`, the output checked once, then
+:func:`~ctpc.training.run_training`). Exit codes: see
 :mod:`ctpc.cli.common` (3: the training diverged; its data up to then and the last good checkpoint are
 kept).
 """
@@ -14,7 +16,7 @@ import numpy as np
 from ctpc.cli import common as cli
 from ctpc.config.paths import TRAINING_COMPANIONS, check_outputs, default_output, run_inputs
 from ctpc.build.objects import set_threads
-from ctpc.training import prepare_config, train
+from ctpc.training import prepare_config, run_training
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,8 +52,9 @@ def _main(args) -> int:
     out, what = default_output(args.out, cfg.output, cfg.name, "train")
     out = check_outputs(out, what, inputs=run_inputs(cfg, config_file=args.config),
                         companions=TRAINING_COMPANIONS)
-    ds = train(cfg, out=out, resume=args.resume, overwrite=args.overwrite,
-               progress=not args.quiet, command=cli.command_line("ctpc.train"))
+    # the config is resolved and the output checked: neither happens again
+    ds = run_training(cfg, out, resume=args.resume, overwrite=args.overwrite,
+                      progress=not args.quiet, command=cli.command_line("ctpc.train"))
     a = ds.attrs
     if not args.quiet:
         print(summary_table(ds))

@@ -1,7 +1,8 @@
 """The facts about each time-stepping scheme, declared once.
 
-Config validation, the torch solvers, the stability analysis, the Brian2 backend, the README's
-scheme table and the tests all read this table; nothing restates it.
+Config validation, the torch solvers, the stability analysis, the Brian2 backend, the tests and
+the documentation's scheme table (``docs/reference/schemes.md``, generated from this table by
+``docs/hooks.py`` when the site is built) all read this table; nothing restates it.
 
 * ``family`` ``"explicit_rk"``: an explicit Runge-Kutta step of the full right-hand side given by
   a Butcher tableau (every population sees the old state: Jacobi order).

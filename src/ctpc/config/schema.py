@@ -97,12 +97,18 @@ def _numeric_only(annotation: Any) -> bool:
 
 
 class NetworkConfig(_Strict):
+    """The residual MLP (spec section 1): input, width, depth, output, activation, weights."""
     input_dim: int | None = Field(None, ge=1, description="D; null = taken from the data set")
     width: int = Field(32, ge=1, description="N, units per hidden layer")
     depth: int = Field(8, ge=2, description="L, number of weight matrices (L-1 hidden layers)")
     output_dim: int | None = Field(None, ge=1, description="O; null = taken from the data set")
-    activation: Activation = "tanh"
-    weights: Path | None = Field(None, description=".npz with w1..wL ([out, in], unscaled)")
+    activation: Activation = Field("tanh", description="the rate function phi of every "
+                                                        "hidden layer")
+    weights: Path | None = Field(None, description=".npz with w1..wL ([out, in], unscaled); "
+                                                   "null = drawn N(0, 1) from seed")
+    bias: bool = Field(False, description="a bias b_l in every layer's prediction and in the "
+                       "output (the paper has none): zeros at the start, or b1..bL from "
+                       "network.weights")
 
     _expand_weights = field_validator("weights")(lambda cls, v: expand_user(v))
 
@@ -112,15 +118,19 @@ SOURCES_WITH_PATH = ("npz", "idx")
 
 
 class DataConfig(_Strict):
-    source: DataSource = "digits"
-    path: Path | None = None
-    batch_size: int = Field(64, ge=1)
+    """The data set, its splits and normalisation, and the batch (guide: data sets)."""
+    source: DataSource = Field("digits", description="where the examples come from (guide: "
+                                                     "data sets)")
+    path: Path | None = Field(None, description="the .npz file (npz) or the directory of IDX "
+                                                "files (idx); only with those sources")
+    batch_size: int = Field(64, ge=1, description="B, examples per batch")
     split: Literal["train", "test"] = Field(
         "train", description="simulate: the split its one batch is drawn from")
-    shuffle: bool = True
+    shuffle: bool = Field(True, description="simulate: permute the split with seed before "
+                                            "taking the batch")
     offset: int = Field(0, ge=0, description="first example of the batch (after shuffling)")
-    mean: float | None = Field(None, description="normalisation mean (idx/mnist default 0.1307)")
-    std: float | None = Field(None, gt=0, description="normalisation std (idx/mnist 0.3081)")
+    mean: float | None = Field(None, description="normalisation mean; null = the source's own")
+    std: float | None = Field(None, gt=0, description="normalisation std; null = the source's own")
     drop_last: bool = Field(True, description="training: drop the last incomplete batch")
     train_subset: int | None = Field(None, ge=1, description="use the first n training examples")
     test_subset: int | None = Field(None, ge=1, description="use the first n test examples")
@@ -139,10 +149,12 @@ class DataConfig(_Strict):
 
 
 class DynamicsConfig(_Strict):
+    """The method and its time constants, either as tau_h/tau_lambda or as the paper's
+    state_lr/alpha (spec sections 2-4)."""
     method: Literal["bp", "pc", "pcalm"] = Field(
         "pcalm", description="learning rule / inference dynamics; bp: training only (no "
                              "neuron dynamics, the exact gradient by autograd)")
-    rho: float = Field(1.0, gt=0)
+    rho: float = Field(1.0, gt=0, description="penalty rho of the augmented Lagrangian")
     tau_h: float | Literal["auto"] | None = Field(
         None, description="activity time constant (ms); 'auto' = dt * lambda_max (step_rule)")
     tau_lambda: float | None = Field(None, gt=0, allow_inf_nan=True,
@@ -184,14 +196,19 @@ class DynamicsConfig(_Strict):
 
 
 class IntegratorConfig(_Strict):
-    scheme: Scheme = "semi_implicit"
+    """The time-stepping scheme, the step, the run length and the divergence checks."""
+    scheme: Scheme = Field("semi_implicit", description="time-stepping scheme (reference: "
+                                                        "schemes)")
     dt: float = Field(1.0, gt=0, description="time step (ms)")
-    steps: int | None = Field(None, ge=1, le=INT64_MAX)
+    steps: int | None = Field(None, ge=1, le=INT64_MAX,
+                              description="run length in steps (or give t_end)")
     t_end: float | None = Field(None, gt=0, description="ms; alternative to steps")
     budget: Annotated[int, Field(ge=1, le=INT64_MAX)] | Literal["auto"] | None = Field(
         None, description="discrete only: inference budget T; 'auto' = 2L")
     inner_steps: int = Field(1, ge=1, description="discrete only: primal steps per dual step")
-    weight_credit_timing: Literal["pre_dual", "post_dual"] = "pre_dual"
+    weight_credit_timing: Literal["pre_dual", "post_dual"] = Field(
+        "pre_dual", description="discrete only: read the weight gradient before or after the "
+                                "last dual step")
     check_every: int = Field(64, ge=1, description="steps between divergence checks (syncs)")
     compile: bool | Literal["unrolled", "loop"] = Field(False, description=(
         "training on the CPU runs each presentation as torch.compile'd code (a one-off compile "
@@ -268,14 +285,21 @@ class IntegratorConfig(_Strict):
 
 
 class RecordConfig(_Strict):
+    """What a run records: traces of the neuron variables, and the limits on their size."""
     every: int = Field(1, ge=1, description="record every this many steps (final step always)")
-    variables: list[Variable] = Field(default_factory=lambda: list(ALL_VARIABLES))
-    layers: Literal["all"] | list[int] = "all"
+    variables: list[Variable] = Field(default_factory=lambda: list(ALL_VARIABLES),
+                                      description="variables traced as [time, layer, sample, "
+                                                  "unit]")
+    layers: Literal["all"] | list[int] = Field("all", description="hidden layers (1 .. L-1) to "
+                                                                  "trace; the others are NaN")
     # The first sample by default: every neuron of one sample, at every step, is what one
     # watches; all B samples cost B times the memory and time (set samples: all for them).
-    samples: Literal["all"] | list[int] = Field(default_factory=lambda: [0])
-    units: Literal["all"] | list[int] = "all"
-    max_mb: float = Field(2048.0, gt=0, description="refuse runs whose traces exceed this")
+    samples: Literal["all"] | list[int] = Field(default_factory=lambda: [0],
+                                                description="batch indices to trace (all: B "
+                                                            "times the memory and time)")
+    units: Literal["all"] | list[int] = Field("all", description="unit indices to trace")
+    max_mb: float = Field(2048.0, gt=0, description="refuse runs whose traces or per-layer "
+                                                    "series would exceed this many MB")
     stream_mb: float = Field(256.0, gt=0, description=(
         "a torch run whose records (traces and series) exceed this streams them to its output "
         "file chunk by chunk instead of holding them in memory"))
@@ -287,7 +311,7 @@ class TrainingConfig(_Strict):
         "adam", description="torch.optim.Adam (betas 0.9, 0.999, eps 1e-8) or SGD with momentum")
     lr: float | Literal["auto"] = Field("auto", description="'auto' = 1e-3 sqrt(N / L)")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1, description="passes over the training split")
     max_updates: int | None = Field(None, ge=1, description="stop after this many updates")
     eval_every: int | None = Field(
         None, ge=1, description="updates between evaluations (always: each epoch's end and "
@@ -341,15 +365,20 @@ class Brian2Config(_Strict):
 
 
 class Config(_Strict):
-    name: str = ""
-    description: str = ""
+    """A whole run: the top-level keys and one section per part of the model."""
+    name: str = Field("", description="label stored in the output and the default file "
+                                      "name; loading a YAML file fills in its stem")
+    description: str = Field("", description="free text stored in the output")
     seed: int = Field(0, ge=0, le=INT64_MAX, description="weights, data order, synthetic data")
-    dtype: Literal["float32", "float64"] = "float32"
-    device: Literal["cpu", "cuda", "auto"] = "auto"
+    dtype: Literal["float32", "float64"] = Field(
+        "float32", description="floating-point type (float64 for exactness studies)")
+    device: Literal["cpu", "cuda", "auto"] = Field("auto", description="auto: CUDA when "
+                                                                       "available")
     cuda_tf32: bool = Field(False, description="float32 matrix products in TF32 on CUDA "
                                                "(faster, less exact: an explicit choice)")
-    backend: Literal["torch", "brian2"] = "torch"
-    output: Path | None = None
+    backend: Literal["torch", "brian2"] = Field("torch", description="the simulator that "
+                                                                     "runs the model")
+    output: Path | None = Field(None, description="netCDF path; null = runs/<name>.nc")
     memory_limit_gb: float | None = Field(
         None, gt=0, description="refuse runs whose estimated memory exceeds this many GiB; "
                                 "null = half of the machine's physical memory")

@@ -21,7 +21,8 @@ compiled"):
 
 :func:`steps` is the one pure-tensor form of the step that both compiled paths run: training's
 :func:`presentation` (start, steps, read-out, statistics) and a compiling solver's chunks of
-steps (:func:`steps_batch_layout`, called by :class:`ctpc.core.integrators.GaussSeidel`; ``simulate``
+steps (:func:`steps_batch_layout`, called by :meth:`ctpc.core.integrators.GaussSeidel.advance`
+with the step size it is given, its results copied into the solver's carry; ``simulate``
 observes the steps it records and does not use it). A program unrolls its steps, so its compile
 time grows with them: runs of more than :data:`WHOLE_STEPS_MAX` steps are split into programs of
 :data:`CHUNK_STEPS` steps (:func:`pieces`; :func:`run_presentation`: a head with the start, one
@@ -43,10 +44,10 @@ import torch
 from torch._higher_order_ops import scan       # (torch 2.13 has no public name for it yet)
 
 from ctpc.config.schema import ConfigError
-from ctpc.core.network import dphi, phi, rms_norm
+from ctpc.core.network import (UNROLL_MAX, dphi, lanes_contract, lanes_input_prediction,
+                               lanes_layer_prediction, lanes_output_error, lanes_weight_readout,
+                               energy, loss, phi, rms_norm)
 
-# contractions over at most this many terms are unrolled (above: batched products)
-UNROLL_MAX = 16
 # Programs unroll their steps, so their compile time grows with the steps (cold, on the 2-core
 # benchmark machine: ~90 s at 64 steps, ~400 s at 256). Up to WHOLE_STEPS_MAX steps a
 # presentation (or an unobserved run of a compiling solver) is one program; longer ones run as
@@ -59,35 +60,15 @@ CHUNK_STEPS = 16
 RECOMPILE_LIMIT = 64
 
 
-def _contract(w: torch.Tensor, v: torch.Tensor, transpose: bool) -> torch.Tensor:
-    """out[..., j, b] = sum_k M[..., j, k] v[..., k, b] with M = w, or w^T if ``transpose``.
-    w [..., J, K] (or [..., K, J]), v [..., K, B]."""
-    k_dim = v.shape[-2]
-    if k_dim > UNROLL_MAX:
-        return torch.matmul(w.transpose(-1, -2) if transpose else w, v)
-    out = None
-    for k in range(k_dim):
-        col = w[..., k, :] if transpose else w[..., :, k]
-        term = col[..., :, None] * v[..., k:k + 1, :]
-        out = term if out is None else out + term
-    return out
-
-
-def _outer_mean(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """sum_b u[..., j, b] v[..., k, b] -> [..., J, K] (the read-out's products over the batch)."""
-    if u.shape[-2] > UNROLL_MAX or v.shape[-2] > UNROLL_MAX:
-        return torch.matmul(u, v.transpose(-1, -2))
-    return (u[..., :, None, :] * v[..., None, :, :]).sum(-1)
-
-
-def steps(h, lam, r, a, out_err, drive, y_t, w_mid, w_out, rho, c_h, c_lam, *, s_mid: float,
-          s_out: float, activation: str, n_steps: int, inner_steps: int,
+def steps(h, lam, r, a, out_err, drive, y_t, w_mid, w_out, b_mid_t, b_out_t, rho, c_h, c_lam, *,
+          s_mid: float, s_out: float, activation: str, n_steps: int, inner_steps: int,
           dual_after_last: bool):
     """``n_steps`` Gauss-Seidel steps (the arithmetic of :meth:`ctpc.core.integrators.GaussSeidel.
     step` for instantaneous error neurons), pure, in the lanes layout.
 
     h, lam, r, a = phi(h) [H, R, N, B]; out_err = y_hat - y [R, O, B]; drive = s_in W_1 x
-    [R, N, B]; y_t [R, O, B]; w_mid [H-1, R, N, N], w_out [R, O, N]; rho, c_h = dt k_h,
+    [R, N, B]; y_t [R, O, B]; w_mid [H-1, R, N, N], w_out [R, O, N]; b_mid_t [H-1, R, N, 1]
+    (b_2 .. b_{L-1}) and b_out_t [R, O, 1] (b_L) with biases, else None; rho, c_h = dt k_h,
     c_lam = dt k_lam: 0-d tensors, or [R, 1, 1] when replicas differ (tensors, so that new
     values never cause a recompilation). ``inner_steps`` primal steps per dual step;
     ``dual_after_last``: whether the last step also updates lam. Returns the new
@@ -98,13 +79,13 @@ def steps(h, lam, r, a, out_err, drive, y_t, w_mid, w_out, rho, c_h, c_lam, *, s
             # primal: h -= c_h dL/dh from the carried network pass
             g = lam + rho * r
             slope = dphi(activation, h, a)
-            fb = _contract(w_out, out_err, True)              # (y_hat - y) W_L
+            fb = lanes_contract(w_out, out_err, True)         # (y_hat - y) W_L
             if slope is not None:
                 fb = fb * slope[-1]
             h = h - c_h * g
             top = h[-1] - (c_h * s_out) * fb
             if n_hid > 1:
-                back = _contract(w_mid, g[1:], True)          # g_{l+1} W_{l+1}
+                back = lanes_contract(w_mid, g[1:], True)     # g_{l+1} W_{l+1}
                 if slope is not None:
                     back = back * slope[:-1]
                 low = h[:-1] + c_h * g[1:] + (c_h * s_mid) * back
@@ -115,80 +96,87 @@ def steps(h, lam, r, a, out_err, drive, y_t, w_mid, w_out, rho, c_h, c_lam, *, s
             a = phi(activation, h)
             r_first = (h[0] - drive)[None]
             if n_hid > 1:
-                pred = h[:-1] + s_mid * _contract(w_mid, a[:-1], False)
+                pred = lanes_layer_prediction(h[:-1], a[:-1], w_mid, s_mid, b_mid_t)
                 r = torch.cat([r_first, h[1:] - pred])
             else:
                 r = r_first
-            out_err = s_out * _contract(w_out, a[-1], False) - y_t
+            out_err = lanes_output_error(a[-1], w_out, y_t, s_out, b_out_t)
         if dual_after_last or step + 1 < n_steps:
             lam = lam + c_lam * r
     return h, lam, r, a, out_err
 
 
 def steps_batch_layout(h, lam, r, a, out_err, drive, y, w_mid, w_out, rho, c_h, c_lam,
-                       **static):
+                       b_hid=None, b_out=None, **static):
     """:func:`steps` on tensors in the simulator's layout (h, lam, r, a [H, R, B, N], out_err
-    and y [R, B, O], drive [R, B, N]): transposed in and out inside the program."""
-    tr = lambda t: t.transpose(-1, -2)
+    and y [R, B, O], drive [R, B, N]; biases b_hid [H, R, 1, N], b_out [R, 1, O] or None):
+    transposed in and out inside the program."""
+    tr = lambda t: None if t is None else t.transpose(-1, -2)
+    b_mid_t = None if b_hid is None else tr(b_hid[1:])
     out = steps(tr(h), tr(lam), tr(r), tr(a), tr(out_err), tr(drive), tr(y), w_mid, w_out,
-                rho, c_h, c_lam, **static)
+                b_mid_t, tr(b_out), rho, c_h, c_lam, **static)
     return tuple(tr(t) for t in out)
 
 
-def presentation(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float, s_mid: float,
+def presentation(w_in, w_mid, w_out, b_hid, b_out, x, y, rho, c_h, c_lam, *, s_in: float,
+                 s_mid: float,
                  s_out: float, activation: str, n_steps: int, inner_steps: int,
                  final_dual: bool):
     """One presentation of R replicas, pure (nothing is modified): the feed-forward start
     (lam = 0), :func:`steps`, the read-out.
 
-    w_in [R, N, D], w_mid [H-1, R, N, N], w_out [R, O, N]; x [R, B, D], y [R, B, O]; rates as
-    in :func:`steps`; ``final_dual``: whether the last step also updates lam (weight_credit_
-    timing post_dual).
+    w_in [R, N, D], w_mid [H-1, R, N, N], w_out [R, O, N]; b_hid [H, R, 1, N], b_out [R, 1, O]
+    with biases, else None (the :class:`ctpc.core.network.Weights` layout); x [R, B, D],
+    y [R, B, O]; rates as in :func:`steps`; ``final_dual``: whether the last step also updates
+    lam (weight_credit_timing post_dual).
 
-    Returns (g_in [R, N, D], g_mid [H-1, R, N, N], g_out [R, O, N]): dL_rho/dW, batch means, by
-    the local read-out at the final state; loss0 [R]: 1/2 |y_hat - y|^2 at the feed-forward
+    Returns (grads, loss0, energy, res_norm, lam_norm, credit_norm): grads, the tensors of
+    dL_rho/dW (and dL_rho/db with biases) in the :class:`~ctpc.core.network.Weights` layout,
+    batch means, by the local read-out at the final state; loss0 [R]: 1/2 |y_hat - y|^2 at the feed-forward
     start; energy [R]: L_rho at the end; res_norm, lam_norm, credit_norm [H, R]: RMS over the
     batch of each sample's norm at the end (what :class:`ctpc.training.rules.UpdateStats`
     holds). :func:`run_presentation` computes the same as several programs when ``n_steps`` >
     :data:`WHOLE_STEPS_MAX`."""
     scales = {"s_in": s_in, "s_mid": s_mid, "s_out": s_out, "activation": activation,
               "inner_steps": inner_steps}
-    start = presentation_head(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, n_steps=0, **scales)
+    start = presentation_head(w_in, w_mid, w_out, b_hid, b_out, x, y, rho, c_h, c_lam,
+                              n_steps=0, **scales)
     return presentation_tail(*start, x, w_mid, w_out, rho, c_h, c_lam, n_steps=n_steps,
                              final_dual=final_dual, **scales)
 
 
-def presentation_head(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float, s_mid: float,
-                      s_out: float, activation: str, n_steps: int, inner_steps: int,
-                      scan_layers: bool = False):
+def presentation_head(w_in, w_mid, w_out, b_hid, b_out, x, y, rho, c_h, c_lam, *, s_in: float,
+                      s_mid: float, s_out: float, activation: str, n_steps: int,
+                      inner_steps: int, scan_layers: bool = False):
     """The first program of a chunked presentation: the feed-forward start and ``n_steps``
     steps (the last of them updates lam: more steps follow). Arguments as
     :func:`presentation` (``scan_layers`` as :func:`_start`); returns the carry (h, lam, r, a,
-    out_err [lanes layout], drive, y_t) and loss0 [R]."""
-    h, a, out_err, drive, y_t, loss0 = _start(w_in, w_mid, w_out, x, y, s_in=s_in, s_mid=s_mid,
-                                              s_out=s_out, activation=activation,
-                                              scan_layers=scan_layers)
+    out_err [lanes layout], drive, y_t, the biases in lanes b_mid_t, b_out_t) and loss0 [R]."""
+    h, a, out_err, drive, y_t, b_mid_t, b_out_t, loss0 = _start(
+        w_in, w_mid, w_out, b_hid, b_out, x, y, s_in=s_in, s_mid=s_mid, s_out=s_out,
+        activation=activation, scan_layers=scan_layers)
     h, lam, r, a, out_err = steps(
-        h, torch.zeros_like(h), torch.zeros_like(h), a, out_err, drive, y_t, w_mid, w_out, rho,
-        c_h, c_lam, s_mid=s_mid, s_out=s_out, activation=activation, n_steps=n_steps,
-        inner_steps=inner_steps, dual_after_last=True)
-    return h, lam, r, a, out_err, drive, y_t, loss0
+        h, torch.zeros_like(h), torch.zeros_like(h), a, out_err, drive, y_t, w_mid, w_out,
+        b_mid_t, b_out_t, rho, c_h, c_lam, s_mid=s_mid, s_out=s_out, activation=activation,
+        n_steps=n_steps, inner_steps=inner_steps, dual_after_last=True)
+    return h, lam, r, a, out_err, drive, y_t, b_mid_t, b_out_t, loss0
 
 
-def presentation_tail(h, lam, r, a, out_err, drive, y_t, loss0, x, w_mid, w_out, rho, c_h,
-                      c_lam, *, s_in: float, s_mid: float, s_out: float, activation: str,
-                      n_steps: int, inner_steps: int, final_dual: bool):
+def presentation_tail(h, lam, r, a, out_err, drive, y_t, b_mid_t, b_out_t, loss0, x, w_mid,
+                      w_out, rho, c_h, c_lam, *, s_in: float, s_mid: float, s_out: float,
+                      activation: str, n_steps: int, inner_steps: int, final_dual: bool):
     """The last program of a chunked presentation: ``n_steps`` steps from the carry of
     :func:`presentation_head` (or of the middle chunks, :func:`steps`) and the read-out;
     returns what :func:`presentation` returns."""
     h, lam, r, a, out_err = steps(
-        h, lam, r, a, out_err, drive, y_t, w_mid, w_out, rho, c_h, c_lam, s_mid=s_mid,
-        s_out=s_out, activation=activation, n_steps=n_steps, inner_steps=inner_steps,
-        dual_after_last=final_dual)
-    return _readout(h, lam, r, a, out_err, x, rho, loss0, s_in=s_in, s_mid=s_mid, s_out=s_out)
+        h, lam, r, a, out_err, drive, y_t, w_mid, w_out, b_mid_t, b_out_t, rho, c_h, c_lam,
+        s_mid=s_mid, s_out=s_out, activation=activation, n_steps=n_steps,
+        inner_steps=inner_steps, dual_after_last=final_dual)
+    return _readout(h, lam, r, a, out_err, x, rho, loss0, s_in=s_in, s_mid=s_mid, s_out=s_out,
+                    bias=b_out_t is not None)
 
 
-def presentation_loop(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float,
+def presentation_loop(w_in, w_mid, w_out, b_hid, b_out, x, y, rho, c_h, c_lam, *, s_in: float,
                       s_mid: float, s_out: float, activation: str, n_steps: int,
                       inner_steps: int, final_dual: bool):
     """:func:`presentation` with its steps as a loop inside the program instead of unrolled:
@@ -200,17 +188,18 @@ def presentation_loop(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, s_in: float,
     docs/benchmarks.md). Same arguments, returns and arithmetic as :func:`presentation`."""
     step_kw = {"s_mid": s_mid, "s_out": s_out, "activation": activation,
                "inner_steps": inner_steps}
-    *carry, drive, y_t, loss0 = presentation_head(w_in, w_mid, w_out, x, y, rho, c_h, c_lam,
-                                                  s_in=s_in, n_steps=0, scan_layers=True,
-                                                  **step_kw)
+    *carry, drive, y_t, b_mid_t, b_out_t, loss0 = presentation_head(
+        w_in, w_mid, w_out, b_hid, b_out, x, y, rho, c_h, c_lam, s_in=s_in, n_steps=0,
+        scan_layers=True, **step_kw)
 
     def body(i, *carry):
-        return (i + 1, *steps(*carry, drive, y_t, w_mid, w_out, rho, c_h, c_lam, n_steps=1,
-                              dual_after_last=True, **step_kw))
+        return (i + 1, *steps(*carry, drive, y_t, w_mid, w_out, b_mid_t, b_out_t, rho, c_h,
+                              c_lam, n_steps=1, dual_after_last=True, **step_kw))
     first = torch.zeros((), dtype=torch.int64, device=drive.device)
     _, *carry = torch.while_loop(lambda i, *_: i < n_steps - 1, body, (first, *carry))
-    return presentation_tail(*carry, drive, y_t, loss0, x, w_mid, w_out, rho, c_h, c_lam,
-                             s_in=s_in, n_steps=1, final_dual=final_dual, **step_kw)
+    return presentation_tail(*carry, drive, y_t, b_mid_t, b_out_t, loss0, x, w_mid, w_out, rho,
+                             c_h, c_lam, s_in=s_in, n_steps=1, final_dual=final_dual,
+                             **step_kw)
 
 
 def pieces(n_steps: int) -> list[int]:
@@ -222,7 +211,7 @@ def pieces(n_steps: int) -> list[int]:
     return [CHUNK_STEPS] * full + ([rest] if rest else [])
 
 
-def run_presentation(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, device_type: str,
+def run_presentation(w_in, w_mid, w_out, b_hid, b_out, x, y, rho, c_h, c_lam, *, device_type: str,
                      small: bool, mode: str = "unrolled", s_in: float, s_mid: float,
                      s_out: float, activation: str, n_steps: int, inner_steps: int,
                      final_dual: bool):
@@ -234,73 +223,75 @@ def run_presentation(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, *, device_type: 
     ``"loop"``: one program of any length, :func:`presentation_loop`. ``device_type``,
     ``small``: as :func:`compiled`; the other arguments as :func:`presentation`."""
     program = lambda name: compiled(name, device_type, small)
-    weights_rates = (w_mid, w_out, rho, c_h, c_lam)
     step_kw = {"s_mid": s_mid, "s_out": s_out, "activation": activation,
                "inner_steps": inner_steps}
     if mode == "loop":
-        return program("presentation_loop")(w_in, w_mid, w_out, x, y, rho, c_h, c_lam,
-                                            s_in=s_in, n_steps=n_steps, final_dual=final_dual,
-                                            **step_kw)
+        return program("presentation_loop")(w_in, w_mid, w_out, b_hid, b_out, x, y, rho, c_h,
+                                            c_lam, s_in=s_in, n_steps=n_steps,
+                                            final_dual=final_dual, **step_kw)
     if mode != "unrolled":
         raise ValueError(f"mode must be 'unrolled' or 'loop', got {mode!r}")
     programs = pieces(n_steps)
     if len(programs) == 1:
-        return program("presentation")(w_in, w_mid, w_out, x, y, rho, c_h, c_lam, s_in=s_in,
-                                       n_steps=n_steps, final_dual=final_dual, **step_kw)
+        return program("presentation")(w_in, w_mid, w_out, b_hid, b_out, x, y, rho, c_h, c_lam,
+                                       s_in=s_in, n_steps=n_steps, final_dual=final_dual,
+                                       **step_kw)
     head, *middle, tail = programs
-    *carry, drive, y_t, loss0 = program("presentation_head")(
-        w_in, w_mid, w_out, x, y, rho, c_h, c_lam, s_in=s_in, n_steps=head, **step_kw)
+    *carry, drive, y_t, b_mid_t, b_out_t, loss0 = program("presentation_head")(
+        w_in, w_mid, w_out, b_hid, b_out, x, y, rho, c_h, c_lam, s_in=s_in, n_steps=head,
+        **step_kw)
     for n in middle:
-        carry = program("steps")(*carry, drive, y_t, *weights_rates, n_steps=n,
-                                 dual_after_last=True, **step_kw)
-    return program("presentation_tail")(*carry, drive, y_t, loss0, x, *weights_rates, s_in=s_in,
-                                        n_steps=tail, final_dual=final_dual, **step_kw)
+        carry = program("steps")(*carry, drive, y_t, w_mid, w_out, b_mid_t, b_out_t, rho, c_h,
+                                 c_lam, n_steps=n, dual_after_last=True, **step_kw)
+    return program("presentation_tail")(*carry, drive, y_t, b_mid_t, b_out_t, loss0, x, w_mid,
+                                        w_out, rho, c_h, c_lam, s_in=s_in, n_steps=tail,
+                                        final_dual=final_dual, **step_kw)
 
 
-def _start(w_in, w_mid, w_out, x, y, *, s_in: float, s_mid: float, s_out: float,
+def _start(w_in, w_mid, w_out, b_hid, b_out, x, y, *, s_in: float, s_mid: float, s_out: float,
            activation: str, scan_layers: bool = False):
     """The feed-forward start (r = 0, lam = 0) in the lanes layout: h, a [H, R, N, B],
-    out_err [R, O, B], drive = s_in W_1 x [R, N, B], y_t [R, O, B], loss0 [R].
+    out_err [R, O, B], drive = s_in W_1 x (+ b_1) [R, N, B], y_t [R, O, B], the biases in
+    lanes b_mid_t [H-1, R, N, 1] and b_out_t [R, O, 1] (None without biases), loss0 [R].
     ``scan_layers``: the layers as a ``scan`` over ``w_mid`` (one layer's code, looped by the
     program) instead of unrolled: the same numbers; a deep narrow network's unrolled start
     (L - 2 unrolled products) would otherwise dominate a looped program's compile."""
+    tr = lambda t: None if t is None else t.transpose(-1, -2)
+    b_hid_t, b_out_t = tr(b_hid), tr(b_out)
+    b_mid_t = None if b_hid_t is None else b_hid_t[1:]
     y_t = y.transpose(1, 2)                                   # [R, O, B]
-    drive = s_in * torch.matmul(w_in, x.transpose(1, 2))      # [R, N, B]
-    layer = lambda below, w: below + s_mid * _contract(w, phi(activation, below), False)
+    drive = lanes_input_prediction(w_in, x.transpose(1, 2), s_in,
+                                   None if b_hid_t is None else b_hid_t[0])   # [R, N, B]
+    layer = lambda below, w, b: lanes_layer_prediction(below, phi(activation, below), w, s_mid,
+                                                       b)
     if scan_layers and w_mid.shape[0]:
-        def scanned(below, w):
-            above = layer(below, w)
+        def scanned(below, w_b):           # w_b: W_l, or (W_l, b_l) with biases
+            above = layer(below, *w_b) if isinstance(w_b, tuple) else layer(below, w_b, None)
             return above, above.clone()     # the carry, and the output (they may not alias)
-        h = torch.cat([drive[None], scan(scanned, drive, w_mid)[1]])  # [H, R, N, B]
+        xs = w_mid if b_mid_t is None else (w_mid, b_mid_t)
+        h = torch.cat([drive[None], scan(scanned, drive, xs)[1]])
     else:
         layers = [drive]
         for l in range(w_mid.shape[0]):                      # the feed-forward start (r = 0)
-            layers.append(layer(layers[-1], w_mid[l]))
+            layers.append(layer(layers[-1], w_mid[l], None if b_mid_t is None else b_mid_t[l]))
         h = torch.stack(layers)                               # [H, R, N, B]
     a = phi(activation, h)
-    out_err = s_out * _contract(w_out, a[-1], False) - y_t    # y_hat - y, [R, O, B]
-    return h, a, out_err, drive, y_t, _half_mean_square(out_err)
+    out_err = lanes_output_error(a[-1], w_out, y_t, s_out, b_out_t)   # y_hat - y, [R, O, B]
+    return h, a, out_err, drive, y_t, b_mid_t, b_out_t, loss(out_err, out_axis=-2)
 
 
-def _readout(h, lam, r, a, out_err, x, rho, loss0, *, s_in: float, s_mid: float, s_out: float):
+def _readout(h, lam, r, a, out_err, x, rho, loss0, *, s_in: float, s_mid: float, s_out: float,
+             bias: bool):
     """The read-out and the update's statistics at the final state (see :func:`presentation`)."""
-    b = x.shape[1]
     g = lam + rho * r
-    g_in = torch.matmul(g[0], x) * (-s_in / b)
-    g_mid = _outer_mean(g[1:], a[:-1]) * (-s_mid / b)
-    g_out = _outer_mean(out_err, a[-1]) * (s_out / b)
-    # L_rho = l + (sum lam r + rho/2 sum r^2) / B per replica, as Dynamics.energy
+    grads = lanes_weight_readout(g, a, out_err, x, (s_in, s_mid, s_out), bias)
+    # L_rho = l + (sum lam r + rho/2 sum r^2) / B per replica (ctpc.core.network.energy)
     rho_r = rho.reshape(-1) if rho.dim() else rho
-    energy = _half_mean_square(out_err) + (
-        (lam * r).sum((0, 2, 3)) + 0.5 * rho_r * r.square().sum((0, 2, 3))) / b
+    dims = (0, 2, 3)                                          # layers, units, samples
+    lagrangian = energy(loss(out_err, out_axis=-2), (lam * r).sum(dims), r.square().sum(dims),
+                        rho_r, x.shape[1])
     rms = lambda t: rms_norm(t.transpose(-1, -2))     # rms_norm reads [..., B, N]
-    return g_in, g_mid, g_out, loss0, energy, rms(r), rms(lam), rms(g)
-
-
-def _half_mean_square(out_err: torch.Tensor) -> torch.Tensor:
-    """[R] 1/2 |y_hat - y|^2, mean over the batch, from out_err [R, O, B] (mse_loss's value in
-    the lanes layout)."""
-    return 0.5 * out_err.square().sum(1).mean(-1)
+    return grads, loss0, lagrangian, rms(r), rms(lam), rms(g)
 
 
 @functools.cache

@@ -22,7 +22,7 @@ from typing import Union
 
 import torch
 
-from ctpc.core.network import Network, Residuals, Weights
+from ctpc.core.network import Network, Residuals, Weights, energy, loss
 
 POP_H, POP_LAM, POP_ERR = 0, 1, 2
 
@@ -89,6 +89,7 @@ class Params:
     w_mid_f: torch.Tensor | None = None
     w_mid_f_t: torch.Tensor | None = None
     w_out_t: torch.Tensor | None = None
+    b_mid_f: torch.Tensor | None = None        # b_2..b_{L-1} as [(H-1) R, 1, N], with biases
 
     def check_current(self) -> None:
         """Raise if a weight tensor was modified in place after these params were built."""
@@ -116,9 +117,11 @@ class Dynamics:
             raise ValueError("rates.k_e must be non-zero exactly when the error neurons are "
                              "leaky (the state layout depends on it)")
         w_mid_f = weights.w_mid.view(-1, *weights.w_mid.shape[2:])
+        b_mid_f = None if weights.b_hid is None else \
+            weights.b_hid[1:].view(-1, *weights.b_hid.shape[2:])
         return Params(weights, x, y, rates, self.net.input_drive(weights, x),
                       tuple(t._version for t in weights.tensors), w_mid_f,
-                      w_mid_f.transpose(1, 2), weights.w_out.transpose(1, 2))
+                      w_mid_f.transpose(1, 2), weights.w_out.transpose(1, 2), b_mid_f)
 
     def initial_state(self, p: Params, out: torch.Tensor | None = None) -> torch.Tensor:
         """Feed-forward activities, lam = 0, e = r = 0 (the paper's fresh start per batch),
@@ -169,13 +172,13 @@ class Dynamics:
     def energy(self, S: torch.Tensor, resid: Residuals, p: Params):
         """(L_rho [R], l [R]): batch-mean augmented Lagrangian and loss per replica (PC: lam = 0
         gives F)."""
-        b = p.x.shape[1]
-        loss = 0.5 * (resid.y_hat - p.y).square().sum(dim=(1, 2)) / b
         rho = p.rates.rho
         rho = rho.view(-1) if isinstance(rho, torch.Tensor) else rho
-        dims = (0, 2, 3)
-        constraint = (S[POP_LAM] * resid.r).sum(dim=dims) + 0.5 * rho * resid.r.square().sum(dims)
-        return loss + constraint / b, loss
+        dims = (0, 2, 3)                                # layers, samples, units
+        l = loss(resid.y_hat - p.y)
+        lagrangian = energy(l, (S[POP_LAM] * resid.r).sum(dim=dims),
+                            resid.r.square().sum(dims), rho, p.x.shape[1])
+        return lagrangian, l
 
     def weight_gradients(self, S: torch.Tensor, resid: Residuals, p: Params) -> Weights:
         """dL_rho/dW at the current state: the local (credit x presynaptic rate) read-out."""

@@ -1,5 +1,6 @@
-"""The one step loop: ``integrate`` runs a solver for n steps over R replicas, with an exact,
-per-replica divergence check that syncs with the host once per chunk, not once per step.
+"""The one step loop: ``integrate`` runs a solver (:class:`ctpc.core.integrators.Solver`) for
+n steps of size dt over R replicas, with an exact, per-replica divergence check that syncs
+with the host once per chunk, not once per step.
 
 Used by the torch backend (simulation), the training loop and the benchmarks.
 
@@ -7,8 +8,8 @@ Divergence. Every ``check_every`` steps the peak |S| of each replica is read onc
 reduction, one host sync per chunk). A replica whose state became non-finite or left its bound
 at step k is *diverged at k*: a chunk that ends out of bounds is replayed from its start to find
 k exactly, then to step k - 1 (the last bounded state); that state is kept as the replica's final
-state, and the replica is frozen (its step is set to dt = 0) while the others go on. The run ends
-early once every replica has diverged. The diverged step does not depend on ``check_every``.
+state, and the replica is frozen (the dt passed to its steps becomes 0) while the others go on.
+The run ends early once every replica has diverged. The diverged step does not depend on ``check_every``.
 
 The bound of a replica (:func:`divergence_bounds`) is the smaller of ``integrator.
 divergence_bound`` (absolute) and ``integrator.growth_bound`` times the size of its initial state
@@ -24,19 +25,20 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ctpc.core.dynamics import Params, extremes_into, peak
-from ctpc.core.integrators import with_dt
+from ctpc.core.dynamics import Params, Scalar, extremes_into, peak
+from ctpc.core.integrators import Solver
 
 
 @dataclass
 class Integration:
     """The outcome of :func:`integrate` for R replicas."""
     carry: object                  # the solver's final carry (frozen replicas: see final_state)
-    solver: object                 # the solver at the end (frozen replicas have dt = 0)
+    solver: Solver                 # the solver that ran
     steps_completed: np.ndarray    # [R] steps each replica completed within bounds
     diverged_step: list            # [R] first out-of-bounds step, or None
     frozen: dict = field(default_factory=dict)   # replica -> its last bounded state [P, H, B, N]
     peak_at_divergence: list = field(default_factory=list)   # [R] peak |S| there, or None
+    dt: Scalar = None              # the step at the end (0 for frozen replicas)
 
     def final_state(self) -> torch.Tensor:
         """[P, H, R, B, N]: the end state, with each diverged replica's last bounded state."""
@@ -67,15 +69,20 @@ def divergence_reason(peak_value: float | None, divergence_bound: float) -> str 
     return "bound" if peak_value > divergence_bound else "growth"
 
 
-def integrate(solver, carry, p: Params, n_steps: int, *, check_every: int | None = 16,
-              bound: float | torch.Tensor = 1e6, observe: Callable | None = None,
+def integrate(solver: Solver, carry, p: Params, n_steps: int, *, dt: Scalar,
+              check_every: int | None, bound: float | torch.Tensor = 1e6,
+              observe: Callable | None = None,
               progress: Callable[[int], None] | None = None) -> Integration:
-    """Run ``n_steps`` steps of ``solver`` from ``carry`` with parameters ``p``.
+    """Run ``n_steps`` steps of size ``dt`` (ms; a float or [R, 1, 1]) of ``solver`` from
+    ``carry`` (consumed, as by :meth:`~ctpc.core.integrators.Solver.step`) with parameters ``p``.
 
-    ``check_every``: steps between divergence checks (host syncs); None: no check (the caller
-    detects non-finite values itself, e.g. training at its own sync points). ``bound``: a number
-    or one per replica [R] (see :func:`divergence_bounds`). ``observe(step, solver, carry)`` is
-    called after every step (recording). ``progress(k)`` after every chunk of k steps.
+    ``check_every``: steps between divergence checks (host syncs; required, its one default is
+    the config's ``integrator.check_every``); None: no check (the caller detects non-finite
+    values itself, e.g. training at its own sync points). ``bound``: a number or one per
+    replica [R] (see :func:`divergence_bounds`). ``observe(step, solver, carry)`` is called
+    after every step (recording; the carry is the solver's: read it, do not keep it).
+    ``progress(k)`` after every chunk of k steps. Unobserved chunks run by
+    :meth:`~ctpc.core.integrators.Solver.advance`, observed ones step by step.
 
     The check looks at the state at the end of each chunk (one reduction and one sync per
     chunk). A chunk that ends out of bounds is replayed from its start, step by step, to find
@@ -93,32 +100,30 @@ def integrate(solver, carry, p: Params, n_steps: int, *, check_every: int | None
     step = 0
     while step < n_steps and alive.any():
         chunk = min(chunk_len, n_steps - step)
-        # a solver that steps its carry in place hands out a copy to replay from (only when
-        # the chunk is checked: an unchecked run, e.g. training, never replays)
-        snapshot = _snapshot(solver, carry) if ends is not None else None
-        snap_solver = solver
-        if observe is None and hasattr(solver, "advance"):
+        # the carry at the chunk's start, to replay from (a copy for an in-place solver; only
+        # when the chunk is checked: an unchecked run, e.g. training, never replays)
+        snapshot = solver.snapshot(carry) if ends is not None else None
+        if observe is None:
             # nothing to see between steps: the solver runs the chunk its own way (compiled)
-            carry = solver.advance(carry, p, chunk, step + chunk == n_steps)
+            carry = solver.advance(carry, p, dt, chunk, step + chunk == n_steps)
         else:
             for j in range(chunk):
-                carry = solver.step(carry, p, last=step + j + 1 == n_steps)
-                if observe is not None:
-                    observe(step + j + 1, solver, carry)
+                carry = solver.step(carry, p, dt, last=step + j + 1 == n_steps)
+                observe(step + j + 1, solver, carry)
         if ends is not None:
             extremes_into(solver.state(carry), ends)
             if bool(_out_of_bounds(ends, bound, alive).any()):     # the one host sync
-                first, at = _locate(snap_solver, _snapshot(snap_solver, snapshot), p, chunk,
+                first, at = _locate(solver, solver.snapshot(snapshot), p, dt, chunk,
                                     step + chunk == n_steps, bound, alive)
                 newly = np.flatnonzero(first < chunk)
                 for r in newly:
                     diverged[r] = step + int(first[r]) + 1
                     done[r] = step + int(first[r])
                     at_peak[r] = float(at[r])
-                frozen.update(_replay(snap_solver, snapshot, p, first, newly))
+                frozen.update(_replay(solver, snapshot, p, dt, first, newly))
                 alive[newly] = False
                 if alive.any():
-                    solver = with_dt(solver, _frozen_dt(solver.dt, alive, p))
+                    dt = _frozen_dt(dt, alive, p)
                     S = solver.state(carry).clone()
                     for r in newly:
                         S[:, :, r] = frozen[r]
@@ -126,7 +131,7 @@ def integrate(solver, carry, p: Params, n_steps: int, *, check_every: int | None
         step += chunk
         if progress is not None:
             progress(chunk)
-    return Integration(carry, solver, done, diverged, frozen, at_peak)
+    return Integration(carry, solver, done, diverged, frozen, at_peak, dt)
 
 
 def _out_of_bounds(extremes: torch.Tensor, bound, alive: np.ndarray) -> torch.Tensor:
@@ -137,12 +142,14 @@ def _out_of_bounds(extremes: torch.Tensor, bound, alive: np.ndarray) -> torch.Te
     return bad & torch.as_tensor(alive, device=bad.device)
 
 
-def _locate(solver, carry, p: Params, chunk: int, ends_run: bool, bound, alive: np.ndarray):
-    """Replay a chunk step by step: ([R] first bad step index, chunk if none; [R] peak there)."""
+def _locate(solver: Solver, carry, p: Params, dt: Scalar, chunk: int, ends_run: bool, bound,
+            alive: np.ndarray):
+    """Replay a chunk step by step from ``carry`` (consumed): ([R] first bad step index, chunk
+    if none; [R] peak there)."""
     R = p.x.shape[0]
     ext = torch.empty(chunk, 2, R, device=p.x.device, dtype=p.x.dtype)
     for j in range(chunk):
-        carry = solver.step(carry, p, last=ends_run and j + 1 == chunk)
+        carry = solver.step(carry, p, dt, last=ends_run and j + 1 == chunk)
         extremes_into(solver.state(carry), ext[j])
     bad = _out_of_bounds(ext, bound, alive).cpu().numpy()
     first = _first_true(bad)
@@ -151,19 +158,15 @@ def _locate(solver, carry, p: Params, chunk: int, ends_run: bool, bound, alive: 
     return first, at
 
 
-def _snapshot(solver, carry):
-    take = getattr(solver, "snapshot", None)
-    return carry if take is None else take(carry)
-
-
 def _first_true(bad: np.ndarray) -> np.ndarray:
     """[chunk, R] -> [R] index of the first True per column (chunk length if none)."""
     any_bad = bad.any(axis=0)
     return np.where(any_bad, bad.argmax(axis=0), bad.shape[0])
 
 
-def _replay(solver, carry, p: Params, first: np.ndarray, replicas: np.ndarray) -> dict:
-    """States [P, H, B, N] of ``replicas`` after ``first[r]`` steps from ``carry``."""
+def _replay(solver: Solver, carry, p: Params, dt: Scalar, first: np.ndarray,
+            replicas: np.ndarray) -> dict:
+    """States [P, H, B, N] of ``replicas`` after ``first[r]`` steps from ``carry`` (consumed)."""
     targets = {int(first[r]): [] for r in replicas}
     for r in replicas:
         targets[int(first[r])].append(int(r))
@@ -172,7 +175,7 @@ def _replay(solver, carry, p: Params, first: np.ndarray, replicas: np.ndarray) -
         for r in targets.get(k, ()):
             out[r] = solver.state(carry)[:, :, r].clone()
         if k < max(targets):
-            carry = solver.step(carry, p, last=False)
+            carry = solver.step(carry, p, dt, last=False)
     return out
 
 

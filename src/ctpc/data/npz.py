@@ -9,11 +9,12 @@ Integer labels give ``O = max(largest label + 1, network.output_dim)`` classes.
 
 Every array is checked when the file is first read (numeric dtype, shape, finite values, the
 meaning of y, agreement between train and test); a problem is a ConfigError that names
-``data.path``, the array and what is wrong. Files are read with ``allow_pickle=False`` and
-cached until they change.
+``data.path``, the array and what is wrong. Files are read with ``allow_pickle=False``, opened
+once (which also gives their digest, :func:`digest`) and cached until they change.
 """
 from __future__ import annotations
 
+import hashlib
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctpc.config.identity import hash_file
 from ctpc.config.schema import ConfigError
 from ctpc.data.raw import RawSplit
 
@@ -49,20 +51,26 @@ def _error(path: Path, problem: str) -> ConfigError:
 
 
 # ------------------------------------------------------------------------------ opening
-def _open(path: Path):
+def _check_path(path: Path) -> None:
     if path.is_dir():
         raise _error(path, "is a directory; data.source: npz expects an .npz file (use "
                            "data.source: idx for a directory of IDX files)")
     if not path.exists():
         raise _error(path, "does not exist (data.source: npz expects an .npz file with arrays "
                            "x_train, y_train, x_test, y_test, or x, y)")
-    with open(path, "rb") as f:
-        magic = f.read(len(NPY_MAGIC))
+
+
+def _open(path: Path, f):
+    """The archive of ``path`` from ``f``, the file open in binary mode (one opening serves the
+    format check, the arrays and the digest)."""
+    _check_path(path)
+    magic = f.read(len(NPY_MAGIC))
+    f.seek(0)
     if not magic.startswith(ZIP_MAGIC) and magic != NPY_MAGIC:
         raise _error(path, "is not an .npz file (an .npz is the zip archive numpy.savez "
                            "writes); save the arrays with numpy.savez")
     try:
-        npz = np.load(path, allow_pickle=False)
+        npz = np.load(f, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise _error(path, f"is not a readable .npz file ({exc}); save it with "
                            "numpy.savez") from None
@@ -184,24 +192,37 @@ def _check_agree(path: Path, train: _Set, test: _Set) -> None:
 
 
 @lru_cache(maxsize=4)
-def _read_cached(path: str, size: int, mtime_ns: int) -> dict[str, _Set]:
+def _read_cached(path: str, size: int, mtime_ns: int, name: str) -> tuple[dict[str, _Set], str]:
     p = Path(path)
-    with _open(p) as npz:
+    with open(p, "rb") as f, _open(p, f) as npz:
         splits = _layout(p, set(npz.files))
         names = SPLIT_ARRAYS if len(splits) == 2 else {"train": SINGLE_ARRAYS}
         sets = {s: _read_set(npz, p, *names[s]) for s in splits}
-    if len(sets) == 2:
-        _check_agree(p, sets["train"], sets["test"])
-    return sets
+        if len(sets) == 2:
+            _check_agree(p, sets["train"], sets["test"])
+        h = hashlib.sha256()             # the digest of the run's identity, from this opening
+        hash_file(h, Path(name), f)
+    return sets, h.hexdigest()
+
+
+def _read(path: Path) -> tuple[dict[str, _Set], str]:
+    path = Path(path)
+    if not path.is_file():
+        _check_path(path)          # the message for a directory or a missing file
+    st = path.stat()
+    return _read_cached(str(path.resolve()), st.st_size, st.st_mtime_ns, path.name)
 
 
 def read(path: Path) -> dict[str, _Set]:
-    """The file's validated sets: {'train', 'test'} (split layout) or {'train'} (one set)."""
-    path = Path(path)
-    if not path.is_file():
-        _open(path)          # the message for a directory or a missing file
-    st = path.stat()
-    return _read_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    """The file's validated sets: {'train', 'test'} (split layout) or {'train'} (one set).
+    Read once (one opening) and cached until the file changes."""
+    return _read(path)[0]
+
+
+def digest(path: Path) -> str:
+    """The SHA-256 of the file as :func:`ctpc.config.identity.input_digests` takes it, from
+    the reading :func:`read` caches (the file is not opened again)."""
+    return _read(path)[1]
 
 
 def splits(path: Path) -> tuple[str, ...]:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ctpc.build.resolved import Resolved
 from ctpc.config.schema import Config
 from ctpc.core.dynamics import POP_H, POP_LAM, Dynamics, Params
 from ctpc.results.memory import RECORD_CHUNK_BYTES, check_trace_size, record_slot_bytes
-from ctpc.core.network import Residuals, Weights, phi_into
+from ctpc.core.network import Residuals, Weights, energy, loss, phi_into, weight_readout
 from ctpc.core.reference import BPReference
 from ctpc.results.run_result import SERIES_LAYER, SERIES_SCALAR, SERIES_WEIGHT, RunResult
 
@@ -48,8 +49,10 @@ def record_steps(n_steps: int, every: int) -> np.ndarray:
 
 def plan_recording(cfg: Config) -> RecordPlan:
     # The size check is arithmetic on the config: it runs before the array of record steps is
-    # built, which for a huge integrator.steps would itself not fit.
-    check_trace_size(cfg)
+    # built, which for a huge integrator.steps would itself not fit. Resolving a simulation
+    # config made it already (a training config's: here, once).
+    if not (isinstance(cfg, Resolved) and cfg.trace_checked):
+        check_trace_size(cfg)
     rec = cfg.record
     pick = lambda sel, n, base: (np.arange(base, base + n) if sel == "all" else np.asarray(sel))
     plan = RecordPlan(
@@ -63,21 +66,26 @@ def plan_recording(cfg: Config) -> RecordPlan:
     return plan
 
 
-def _blocks(w: Weights):
-    """The three weight blocks, each matrix flattened: [1|H-1, R, (K,) n_elements] (an estimate
-    may carry a slot axis K after the replica axis; see :meth:`Recorder._summarise`)."""
-    return (w.w_in.flatten(-2)[None], w.w_mid.flatten(-2), w.w_out.flatten(-2)[None])
-
-
 def weight_norms(w: Weights) -> torch.Tensor:
-    """[L, R] Frobenius norm of each weight matrix (one reduction per block)."""
-    return torch.cat([torch.linalg.vector_norm(b, dim=-1) for b in _blocks(w)])
+    """[L, R] Euclidean norm of each layer's parameters (W_l, and b_l with biases)."""
+    return _per_layer([[torch.linalg.vector_norm(b, dim=-1) for b in kind]
+                       for kind in w.layer_blocks()])
+
+
+def _per_layer(kinds: list[list[torch.Tensor]], squares: bool = False) -> torch.Tensor:
+    """Per-layer norms (or, with ``squares``, sums) from per-block ones of each parameter kind
+    (:meth:`Weights.layer_blocks`): one kind is its rows, several combine in quadrature."""
+    rows = [torch.cat(kind) for kind in kinds]
+    if len(rows) == 1 or squares:
+        return sum(rows)
+    return sum(r.square() for r in rows).sqrt()
 
 
 def alignment(est: Weights, ref: Weights, ref_norm: torch.Tensor | None = None,
               scratch: Weights | None = None):
-    """(cosine [L, R], relative error [L, R]) of each weight matrix's estimate against BP.
-    ``ref_norm``: :func:`weight_norms` of ``ref`` when known (it is constant over a run).
+    """(cosine [L, R], relative error [L, R]) of each layer's estimated parameter update
+    against BP's (W_l, and b_l with biases, as one vector per layer). ``ref_norm``:
+    :func:`weight_norms` of ``ref`` when known (it is constant over a run).
 
     ``est`` may hold K estimates per replica (a slot axis after the replica axis: w_in
     [R, K, N, D], w_mid [H-1, R, K, N, N], w_out [R, K, O, N]); the results are then
@@ -91,12 +99,15 @@ def alignment(est: Weights, ref: Weights, ref_norm: torch.Tensor | None = None,
     if slots:
         ref_norm = ref_norm.unsqueeze(-1)
     dots, norms, diff = [], [], []
-    for g, b, tmp in zip(_blocks(est), _blocks(ref), _blocks(scratch or est.map(torch.empty_like))):
-        b = b.unsqueeze(-2) if slots else b
-        dots.append(torch.mul(g, b, out=tmp).sum(-1))
-        norms.append(torch.linalg.vector_norm(g, dim=-1))
-        diff.append(torch.linalg.vector_norm(torch.sub(g, b, out=tmp), dim=-1))
-    dots, norms, diff = torch.cat(dots), torch.cat(norms), torch.cat(diff)
+    tmp_kinds = (scratch or est.map(torch.empty_like)).layer_blocks()
+    for mine, theirs, tmps in zip(est.layer_blocks(), ref.layer_blocks(), tmp_kinds):
+        dots.append([]), norms.append([]), diff.append([])
+        for g, b, tmp in zip(mine, theirs, tmps):
+            b = b.unsqueeze(-2) if slots else b
+            dots[-1].append(torch.mul(g, b, out=tmp).sum(-1))
+            norms[-1].append(torch.linalg.vector_norm(g, dim=-1))
+            diff[-1].append(torch.linalg.vector_norm(torch.sub(g, b, out=tmp), dim=-1))
+    dots, norms, diff = _per_layer(dots, squares=True), _per_layer(norms), _per_layer(diff)
     cos = torch.where(norms > 0, dots / (norms * ref_norm), torch.zeros_like(dots))
     return cos, diff / ref_norm
 
@@ -252,18 +263,18 @@ class Recorder:
                  norm_of(credit))
         for key, norm in zip(SERIES_LAYER, norms):
             self.series[key][slots] = (norm * (1.0 / math.sqrt(B))).movedim(2, 0)
-        # energy and loss per slot (the formulas of Dynamics.energy, per group of B samples);
-        # sum r^2 is the square of the residual norms just taken
+        # energy and loss per slot (ctpc.core.network.loss and .energy, per group of B
+        # samples); sum r^2 is the square of the residual norms just taken
         out_err = torch.sub(per_slot(y_hat), p.y.unsqueeze(1))                   # [R, k, B, O]
-        loss = 0.5 * out_err.square().sum(dim=(-2, -1)) / B                     # [R, k]
+        l = loss(out_err)                                                        # [R, k]
         rho_k = rho.view(-1, 1) if isinstance(rho, torch.Tensor) else rho
         lam_r = torch.mul(S[POP_LAM], r, out=self._scratch("prod", r, H, R, kB, N))
-        constraint = per_slot(lam_r).sum(dim=(0, 3, 4)) + 0.5 * rho_k * res_norm.square().sum(0)
-        self.series["energy"][slots] = (loss + constraint / B).T
-        self.series["loss"][slots] = loss.T
+        self.series["energy"][slots] = energy(l, per_slot(lam_r).sum(dim=(0, 3, 4)),
+                                              res_norm.square().sum(0), rho_k, B).T
+        self.series["loss"][slots] = l.T
         grads = self._last_grads = self._slot_weight_gradients(a, credit, out_err, k)
-        scratch = Weights(*(self._scratch(f"tmp{i}", t, *t.shape)
-                            for i, t in enumerate(grads.tensors)))
+        scratch = grads.like(self._scratch(f"tmp{i}", t, *t.shape)
+                             for i, t in enumerate(grads.tensors))
         cos, rel = alignment(grads, self.bp.grads, self.bp_norm, scratch)       # [L, R, k]
         self.series["bp_cos"][slots] = cos.movedim(2, 0)
         self.series["bp_relerr"][slots] = rel.movedim(2, 0)
@@ -275,27 +286,21 @@ class Recorder:
 
     def _slot_weight_gradients(self, a: torch.Tensor, g: torch.Tensor, out_err: torch.Tensor,
                                k: int) -> Weights:
-        """:meth:`Network.weight_gradients` of k slots at once, into scratch buffers: a, g
-        [H, R, k*B, N] hold k groups of B samples (slot-major), out_err = y_hat - y
-        [R, k, B, O]; the input x [R, B, D] is shared by every slot. Returns w_in
-        [R, k, N, D], w_mid [H-1, R, k, N, N], w_out [R, k, O, N]: each slot's batch-mean
-        read-out, as the per-slot call would give it."""
+        """:meth:`Network.weight_gradients` of k slots at once: a, g [H, R, k*B, N] hold k
+        groups of B samples (slot-major), out_err = y_hat - y [R, k, B, O]; the input x
+        [R, B, D] is shared by every slot. The k slots ride the replica axis of one call of
+        the read-out's definition (:func:`ctpc.core.network.weight_readout`); returns each
+        tensor with a slot axis after its replica axis (w_in [R, k, N, D], w_mid
+        [H-1, R, k, N, N], w_out [R, k, O, N], ...): each slot's batch-mean read-out."""
         net, x = self.dyn.net, self._p.x
         H, R, kB, N = g.shape
-        B, D, O = kB // k, x.shape[-1], out_err.shape[-1]
-        per_slot = lambda t: t.unflatten(-2, (k, B))
-        # W_1: the k slots' credit as one [k N, B] operand against the shared input: one product
-        g0 = self._scratch("g0", g, R, k * N, B)
-        g0.view(R, k, N, B).copy_(per_slot(g[0]).transpose(-1, -2))
-        g_in = torch.bmm(g0, x, out=self._scratch("g_in", g, R, k * N, D))
-        hi, lo = per_slot(g[1:]).flatten(0, 2), per_slot(a[:-1]).flatten(0, 2)
-        g_mid = torch.bmm(hi.transpose(1, 2), lo,
-                          out=self._scratch("g_mid", g, (H - 1) * R * k, N, N))
-        g_out = torch.bmm(out_err.flatten(0, 1).transpose(1, 2), per_slot(a[-1]).flatten(0, 1),
-                          out=self._scratch("g_out", g, R * k, O, N))
-        return Weights(g_in.mul_(-net.s_in / B).view(R, k, N, D),
-                       g_mid.mul_(-net.s_mid / B).view(H - 1, R, k, N, N),
-                       g_out.mul_(net.s_out / B).view(R, k, O, N))
+        B = kB // k
+        as_replicas = lambda t: t.unflatten(-2, (k, B)).flatten(1, 2)    # [H, R k, B, N]
+        xs = x.unsqueeze(1).expand(R, k, *x.shape[1:]).reshape(R * k, *x.shape[1:])
+        grads = weight_readout(as_replicas(g), as_replicas(a), out_err.flatten(0, 1), xs,
+                               (net.s_in, net.s_mid, net.s_out), net.bias)
+        return grads.like(t.unflatten(axis, (R, k))
+                          for t, axis in zip(grads.tensors, grads.replica_axes))
 
     def record(self, step: int, S: torch.Tensor, p: Params, resid=None) -> None:
         """Record the state at ``step`` (every replica) in the next free slot: staged now,
@@ -325,8 +330,8 @@ class Recorder:
         self._flush()
         # the final read-out: the last slot summarised is every replica's final state
         last = self._last_grads
-        grads = Weights(last.w_in[:, -1], last.w_mid[:, :, -1], last.w_out[:, -1]).map(
-            torch.clone)
+        grads = last.like(t.select(axis + 1, -1).clone()        # the last slot of each
+                          for t, axis in zip(last.tensors, last.replica_axes))
         host = lambda t: t.detach().cpu().numpy()        # no copy on the CPU
         used = n + extra
         if self.stream is not None:      # lazily read back from the stream, chunk by chunk

@@ -11,7 +11,8 @@ import xarray as xr
 from ctpc.config.schema import Config, ConfigError
 from ctpc.config.paths import OutputError
 from ctpc.results.dataset import build_dataset, open_results, write_netcdf
-from ctpc.build.resolve import load_config
+from ctpc.build.resolve import Resolved, load_config
+from ctpc.build.resolved import require_resolved
 from ctpc.results.memory import MB, record_bytes, streams
 from ctpc.build.objects import matmul_precision, resolve_device
 from ctpc.config.paths import TRAINING_COMPANIONS, check_outputs, companion_path, run_inputs
@@ -35,7 +36,9 @@ def simulate(config, overrides=None, *, out: str | Path | None = None, progress:
     """Run one simulation and return its ``xarray.Dataset``.
 
     ``config``: a YAML path, a dict or a :class:`ctpc.config.schema.Config`; ``overrides``: a list of
-    ``"key.path=value"`` strings or a ``{"key.path": value}`` dict. The file is written when
+    ``"key.path=value"`` strings or a ``{"key.path": value}`` dict. It is loaded and resolved
+    once (:func:`ctpc.build.resolve.load_config`); a config :func:`ctpc.load_config` resolved
+    already is run as it is, nothing read or resolved again. The file is written when
     ``out`` (or ``config.output``) is set; the target is checked before the run starts, and an
     existing run there is refused (ConfigError) unless ``overwrite``. A diverged run is
     returned normally with ``ds.attrs["status"] == "diverged"``; check it.
@@ -47,12 +50,28 @@ def simulate(config, overrides=None, *, out: str | Path | None = None, progress:
     cfg = load_config(config, overrides)
     _refuse_bp(cfg)
     target = out if out is not None else cfg.output
+    what = "--out" if out is not None else "output"
     if target is not None:      # the one check of outputs (ctpc.config.paths), before any work
-        what = "--out" if out is not None else "output"
-        target = check_outputs(target, what,
-                               inputs=run_inputs(cfg, config_file=_config_file(config)))
-        if not overwrite:
-            _refuse_existing(target, what)
+        target = check_outputs(target, what, inputs=run_inputs(cfg, config_file=cfg.config_file))
+    return _run(cfg, target, what, overwrite=overwrite, progress=progress, command=command)
+
+
+def run_simulation(cfg: Resolved, target: Path | None, *, what: str = "--out",
+                   overwrite: bool = False, progress: bool = False,
+                   command: str | None = None) -> xr.Dataset:
+    """:func:`simulate` of a resolved config (:func:`ctpc.build.resolve.load_config`) to an
+    output ``target`` that :func:`ctpc.config.paths.check_outputs` has checked (None: no file),
+    named ``what`` in messages: what ``python -m ctpc.simulate`` runs once it has resolved its
+    config and checked its output (neither happens again here)."""
+    _refuse_bp(require_resolved(cfg, "run_simulation"))
+    return _run(cfg, target, what, overwrite=overwrite, progress=progress, command=command)
+
+
+def _run(cfg: Resolved, target: Path | None, what: str, *, overwrite: bool, progress: bool,
+         command: str | None) -> xr.Dataset:
+    """The run once its config is resolved and its output checked."""
+    if target is not None and not overwrite:
+        _refuse_existing(target, what)
     stream = None
     if streams(cfg):
         if target is None:
@@ -103,17 +122,13 @@ def _refuse_existing(target: Path, what: str) -> None:
                           "overwrite=True)")
 
 
-def _config_file(config) -> str | Path | None:
-    """The config file a run reads (an input no output may overwrite), if it is one."""
-    return config if isinstance(config, (str, Path)) else None
-
-
 def simulate_replicas(configs: list, commands: list[str | None] | None = None) -> list[xr.Dataset]:
     """Simulate configs that share every shape and control-flow setting
     (:func:`ctpc.sweep.groups.replica_key`) as replicas of one tensor program; one dataset per
     config, each equal to its own ``simulate`` to round-off. A single config (or a Brian2 one)
-    runs as ``simulate`` does."""
-    cfgs = [load_config(c) for c in configs]
+    runs as ``simulate`` does. Resolved configs (a sweep's cells) are run as they are; others are
+    loaded and resolved first, once."""
+    cfgs = [load_config(c) for c in configs]         # resolved configs are taken as they are
     commands = commands or [None] * len(cfgs)
     for cfg in cfgs:
         check_simulation(cfg, in_memory=True, machine=False)
@@ -185,4 +200,5 @@ def summary_table(ds: xr.Dataset, max_rows: int = 24) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["simulate", "simulate_replicas", "check_simulation", "summary_table", "ConfigError"]
+__all__ = ["simulate", "run_simulation", "simulate_replicas", "check_simulation", "summary_table",
+           "ConfigError"]

@@ -28,6 +28,7 @@ from ctpc.config.schema import Config
 from ctpc.core.dynamics import POP_ERR, POP_H, POP_LAM, Params
 from ctpc.core.integrators import make_solver
 from ctpc.build.objects import build_model
+from ctpc.build.resolve import in_float64_on_cpu
 from ctpc.core.reference import bp_reference
 from ctpc.sim.simulation import simulate
 from ctpc.common.schemes import SCHEME_NAMES, SCHEMES
@@ -43,9 +44,7 @@ POINTS = ("feedforward", "equilibrium")
 
 
 def _float64(cfg: Config) -> Config:
-    cfg = cfg.model_copy(deep=True)
-    cfg.dtype, cfg.device = "float64", "cpu"
-    return cfg
+    return in_float64_on_cpu(cfg)      # resolved once; nothing is read again
 
 
 class Linearisation:
@@ -86,8 +85,8 @@ class Linearisation:
         return lambda p: (lambda S: self.dyn.rhs(S, p))
 
     def step_map(self, scheme: str, dt: float):
-        solver = make_solver(self.dyn, scheme, dt, inner_steps=self.cfg.integrator.inner_steps)
-        return lambda p: (lambda S: solver.state(solver.step(solver.init(S, p), p)))
+        solver = make_solver(self.dyn, scheme, inner_steps=self.cfg.integrator.inner_steps)
+        return lambda p: (lambda S: solver.state(solver.step(solver.init(S, p), p, dt)))
 
     def apply(self, factory, V: torch.Tensor) -> torch.Tensor:
         """Derivative of the map along each row of V [k, n] -> [k, n] (central difference)."""

@@ -347,8 +347,8 @@ def _run_cells(plan: SweepPlan, *, scheduler, client, n_workers, progress, comma
 
             def submit(group):
                 cmds = [f"{command or 'ctpc.sweep'} [cell {c.label}]" for c in group]
-                fut = dc.submit(run_group, [c.config.to_dict() for c in group], cmds,
-                                pure=False)
+                # the resolved configs, pickled as they are: the worker resolves nothing
+                fut = dc.submit(run_group, [c.config for c in group], cmds, pure=False)
                 futures[fut] = group
                 return fut
             n_running = len(dc.scheduler_info().get("workers", {})) or workers

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ctpc.common.errors import InputError
-from ctpc.config.schema import Config, ConfigError
+from ctpc.config.schema import ConfigError
 from ctpc.config.identity import cell_key
-from ctpc.build.resolve import load_config
+from ctpc.build.resolve import Resolved, load_config
 from ctpc.sweep.cluster import check_cell
 
 # Keys a sweep cannot vary: they name the sweep itself or its output.
@@ -53,7 +53,7 @@ class Axis:
 class Cell:
     index: tuple[int, ...]           # position along each axis
     overrides: dict[str, Any]        # key path -> value for this cell
-    config: Config                   # the validated, resolved config
+    config: Resolved                 # the validated, resolved config (immutable)
     key: str                         # content hash of the config: names the cell's cache file
 
     @property
@@ -165,6 +165,7 @@ def expand(base: dict, axes: list[Axis]) -> list[Cell]:
             check_cell(cfg, machine=False)
         except InputError as exc:
             raise ConfigError(f"sweep cell ({label}): {exc}") from None
+        digests.update(cfg.found.digests)      # the files as resolving read them
         cells.append(Cell(index, overrides, cfg, cell_key(cfg, digests)))
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):

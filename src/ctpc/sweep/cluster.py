@@ -325,25 +325,30 @@ def check_cells(configs: list[dict]) -> tuple[int, str] | None:
     return None
 
 
-def run_group(configs: list[dict], commands: list[str]) -> list[tuple[xr.Dataset, dict | None]]:
+def run_group(configs: list[Config], commands: list[str]) -> list[tuple[xr.Dataset, dict | None]]:
     """The task each worker runs: the cells of one replica group (see :mod:`.groups`) as one
     program; returns, per cell, its dataset fully in memory and, for a training cell, its final
-    weights {"w1": ..} (the client writes both, so workers need no shared file system)."""
+    weights {"w1": ..} (the client writes both, so workers need no shared file system).
+
+    ``configs``: the cells' resolved configs (:class:`ctpc.build.resolve.Resolved`), pickled to
+    the worker as they are: nothing is parsed or resolved again here, and the weights file is
+    not read again (the weights travel in ``cfg.found``)."""
     import torch
 
     from ctpc.sim import simulation as run
     from ctpc import training
 
-    brian2 = configs[0].get("backend") == "brian2"
+    brian2 = configs[0].backend == "brian2"
     if brian2:
         import_brian2_in_worker()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        if configs[0].get("training") is not None:
-            cfgs = [training.prepare_config(c) for c in configs]
+        if configs[0].training is not None:
+            for cfg in configs:       # what a training run refuses on this worker's machine
+                training.check_training(cfg)
             out = [(ds, {f"w{i}": w for i, w in enumerate(ws, start=1)})
-                   for ds, ws in training.train_replicas(cfgs)]
+                   for ds, ws in training.train_replicas(configs)]
             for (ds, _), cmd in zip(out, commands):
                 ds.attrs["history"] = ds.attrs["history"].replace(
                     "ctpc.train() (Python API)", cmd)

@@ -21,23 +21,33 @@ from ctpc.config.schema import Config, ConfigError, TrainingConfig
 from ctpc.config.paths import OutputError
 from ctpc.results.dataset import write_netcdf
 from ctpc.config.paths import TRAINING_COMPANIONS, check_outputs, run_inputs, write_atomically
-from ctpc.build.resolve import load_config, resolve, warn_unused_by_bp
+from ctpc.build.resolve import (Resolved, config_file_of, load_config, no_overrides, resolve,
+    warn_unused_by_bp)
 from ctpc.build.objects import matmul_precision
 from ctpc.training import checkpoint as ckpt
 from ctpc.training.history import training_dataset
 from ctpc.training.loop import Trainer
-from ctpc.training.setup import build_training, check_data, check_machine
+from ctpc.training.setup import build_training, check_data, check_machine, training_config
 
-__all__ = ["train", "train_replicas", "prepare_config", "check_training"]
+__all__ = ["train", "train_replicas", "run_training", "prepare_config", "check_training"]
 
 
-def prepare_config(config, overrides=None) -> Config:
-    """Load and validate a training config; a missing ``training:`` section means defaults."""
-    cfg = load_config(config, overrides, resolve_files=False)
-    if cfg.training is None:
-        cfg = cfg.model_copy(deep=True)
-        cfg.training = TrainingConfig()
-    cfg = resolve(cfg)      # as a training run: its schedule's memory, no trace-size check
+def prepare_config(config, overrides=None) -> Resolved:
+    """Load, validate and resolve a training config, once (a missing ``training:`` section
+    means defaults), and make the checks of :func:`check_training`. A config resolved for
+    training already (:func:`ctpc.load_config` of a config with a ``training:`` section, or
+    this function's result) is not resolved again; one resolved without a ``training:``
+    section is a different config (the defaults added), resolved as a training run."""
+    if isinstance(config, Resolved) and config.training is not None and \
+            no_overrides(overrides):
+        cfg = config
+    else:
+        cfg = load_config(config, overrides, resolve_files=False)
+        training = training_config(cfg)           # the defaults, computed once for the run
+        if cfg.training is None:
+            cfg.training = training
+        # as a training run: its schedule's memory, no trace-size check
+        cfg = resolve(cfg, config_file=config_file_of(config))
     check_training(cfg)
     return cfg
 
@@ -76,16 +86,40 @@ def train(config, overrides=None, *, out: str | Path | None = None, resume: bool
     """
     cfg = prepare_config(config, overrides)
     warn_unused_by_bp(cfg)          # a single run; sweep cells (train_replicas) do not warn
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other: --resume continues "
-                          "the run at the output, --overwrite replaces it; give one of them")
+    _refuse_contradiction(resume, overwrite)
     target = out if out is not None else cfg.output
     if target is not None:
         # the one check of outputs (ctpc.config.paths): the output, its weights file and checkpoint
         target = check_outputs(target, "--out" if out is not None else "output",
-                               inputs=run_inputs(cfg, config_file=_config_file(config)),
+                               inputs=run_inputs(cfg, config_file=cfg.config_file),
                                companions=TRAINING_COMPANIONS)
-    elif resume:
+    return _train(cfg, target, "--out" if out is not None else "output", resume=resume,
+                  overwrite=overwrite, progress=progress, command=command)
+
+
+def run_training(cfg: Resolved, target: Path, *, what: str = "--out", resume: bool = False,
+                 overwrite: bool = False, progress: bool = False,
+                 command: str | None = None) -> xr.Dataset:
+    """:func:`train` of a config :func:`prepare_config` gave, to an output ``target`` that
+    :func:`ctpc.config.paths.check_outputs` has checked (with the training companions), named
+    ``what`` in messages: what ``python -m ctpc.train`` runs once it has resolved its config
+    and checked its output (neither happens again here)."""
+    warn_unused_by_bp(cfg)
+    _refuse_contradiction(resume, overwrite)
+    return _train(cfg, target, what, resume=resume, overwrite=overwrite, progress=progress,
+                  command=command)
+
+
+def _refuse_contradiction(resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: --resume continues "
+                          "the run at the output, --overwrite replaces it; give one of them")
+
+
+def _train(cfg: Resolved, target: Path | None, what: str, *, resume: bool, overwrite: bool,
+           progress: bool, command: str | None) -> xr.Dataset:
+    """The run once its config is resolved and its output (``target``, or None) checked."""
+    if target is None and resume:
         raise ConfigError("--resume needs an output path (--out or output:): the checkpoint "
                           "lives beside it")
     blob, existing = None, []
@@ -103,10 +137,10 @@ def train(config, overrides=None, *, out: str | Path | None = None, resume: bool
                 "again from the start")
         elif resume:
             warnings.warn(f"--resume: no checkpoint {str(path)!r} yet (nothing to continue); "
-                          "starting the run from the beginning", stacklevel=2)
+                          "starting the run from the beginning", stacklevel=3)
         elif existing and not overwrite:
             raise OutputError(
-                f"{'--out' if out is not None else 'output'} {str(target)!r} already holds a "
+                f"{what} {str(target)!r} already holds a "
                 f"training run ({names}); add --resume "
                 "to continue it (with --set training.epochs=N to extend it) or --overwrite to "
                 "replace it (Python API: resume=True or overwrite=True)")
@@ -144,15 +178,14 @@ def _trainer(setup, kwargs: dict, resumed_from: Path | None) -> Trainer:
                           f"run (optimizer state: {exc}); {ckpt.FIX}") from None
 
 
-def _config_file(config) -> str | Path | None:
-    """The config file a run reads (an input no output may overwrite), if it is one."""
-    return config if isinstance(config, (str, Path)) else None
-
-
 def train_replicas(cfgs: list[Config], progress: bool = False,
                    command: str | None = None) -> list[tuple[xr.Dataset, list[np.ndarray]]]:
     """Train configs that share :func:`ctpc.training.setup.training_key` as replicas of one
-    tensor program; returns (dataset, final weights [W_1 .. W_L]) per config."""
+    tensor program; returns (dataset, final weights [W_1 .. W_L]) per config. Configs resolved
+    for training (a sweep's cells, :func:`prepare_config`'s results) are taken as they are;
+    others are prepared first, once."""
+    cfgs = [c if isinstance(c, Resolved) and c.training is not None else prepare_config(c)
+            for c in cfgs]
     setup = build_training(cfgs)
     with matmul_precision(cfgs[0]):
         state = Trainer(setup, progress=progress).run()

@@ -28,6 +28,7 @@ from ctpc.common.errors import InputError
 from ctpc.config.schema import Config, ConfigError
 from ctpc.config.paths import companion_path, write_atomically
 from ctpc.config.identity import run_key
+from ctpc.build.resolved import Resolved
 from ctpc.training.loop import Trainer, TrainState, eval_points
 
 FORMAT = 2        # 1: pickled numpy arrays (read with weights_only=False; no longer read)
@@ -46,8 +47,9 @@ def weights_path(out: str | Path) -> Path:
 
 
 def run_digest(cfg: Config) -> str:
-    """The run's identity, stored in its checkpoints (:func:`ctpc.config.identity.run_key`)."""
-    return run_key(cfg)
+    """The run's identity, stored in its checkpoints (:func:`ctpc.config.identity.run_key`);
+    a resolved config's input files are hashed from the reading that resolved it."""
+    return run_key(cfg, dict(cfg.found.digests) if isinstance(cfg, Resolved) else None)
 
 
 def _tensors(value):

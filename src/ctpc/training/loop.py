@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ctpc.core.network import Weights
 from ctpc.training.graphs import GraphedUpdate
 from ctpc.training.metrics import evaluate, probe_alignment
 from ctpc.training.setup import TrainSetup
@@ -112,14 +111,6 @@ class Trainer:
         return (s.train.x.index_select(0, flat).view(*shape, -1),
                 s.train.y.index_select(0, flat).view(*shape, -1))
 
-    def _norm(self, tensors) -> torch.Tensor:
-        """[R] Euclidean norm over all weight matrices of each replica."""
-        w = Weights(*tensors)
-        sq = w.w_in.square().sum((1, 2)) + w.w_out.square().sum((1, 2))
-        if w.w_mid.shape[0]:
-            sq = sq + w.w_mid.square().sum((0, 2, 3))
-        return sq.sqrt()
-
     def update_body(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         """One update on batch (x, y): the rule, the optimiser step (or the plastic weights),
         the statistics as a dict of tensors. Device work only, no host sync: this is what a CUDA
@@ -134,10 +125,10 @@ class Trainer:
             grads, st = rule(self.weights, x, y)
             for t, g in zip(self.weights.tensors, grads.tensors):
                 t.grad = g
-            stats["grad_norm"] = self._norm(grads.tensors)
+            stats["grad_norm"] = grads.norm()
             self.optimizer.step()
         stats["train_loss"] = st.loss
-        stats["weight_norm"] = self._norm(self.weights.tensors)
+        stats["weight_norm"] = self.weights.norm()
         if st.energy is not None:
             stats["energy"] = st.energy
             stats.update({k: getattr(st, k) for k in LAYER_SERIES})
@@ -152,9 +143,10 @@ class Trainer:
         else:
             stats = self.update_body(x, y)
         if self._dead_host.any():     # frozen replicas keep their last good weights
-            for t, snap, axis in zip(self.weights.tensors, self.snapshot, (0, 1, 0)):
+            for t, snap, axis in zip(self.weights.tensors, self.snapshot,
+                                     self.weights.replica_axes):
                 t.index_copy_(axis, self._dead_idx, snap.index_select(axis, self._dead_idx))
-            stats["weight_norm"] = self._norm(self.weights.tensors)
+            stats["weight_norm"] = self.weights.norm()
         for k, v in stats.items():
             self.buf[k][u] = v
 
@@ -176,10 +168,11 @@ class Trainer:
         if newly:
             self._set_dead()
             with torch.no_grad():
-                for t, snap, axis in zip(self.weights.tensors, self.snapshot, (0, 1, 0)):
+                for t, snap, axis in zip(self.weights.tensors, self.snapshot,
+                                       self.weights.replica_axes):
                     t.index_copy_(axis, self._dead_idx, snap.index_select(axis, self._dead_idx))
         alive = ~self._dead_host
-        for t, snap, axis in zip(self.weights.tensors, self.snapshot, (0, 1, 0)):
+        for t, snap, axis in zip(self.weights.tensors, self.snapshot, self.weights.replica_axes):
             if alive.all():
                 snap.copy_(t)
             else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ctpc.core.network import Network, Weights
+from ctpc.core.network import Network, Weights, loss
 from ctpc.sim.recording import alignment
 from ctpc.core.reference import bp_reference
 
@@ -28,7 +28,7 @@ def evaluate(net: Network, w: Weights, x: torch.Tensor, labels: torch.Tensor,
         lb, yb = labels[start:start + chunk], y[start:start + chunk]
         finite &= torch.isfinite(y_hat).flatten(1).all(-1)
         hits += (y_hat.argmax(-1) == lb).sum(-1)
-        mse += 0.5 * (y_hat - yb).square().sum((-2, -1))
+        mse += loss(y_hat - yb) * y_hat.shape[-2]        # summed over the chunk
         ce += torch.nn.functional.cross_entropy(
             y_hat.reshape(-1, y_hat.shape[-1]), lb.repeat(R), reduction="none"
         ).view(R, -1).sum(-1)
@@ -42,10 +42,7 @@ def probe_alignment(rule, net: Network, w: Weights, x: torch.Tensor, y: torch.Te
     grads, _ = rule(w, x, y)
     bp = bp_reference(net, w, x, y).grads
     cos, rel = alignment(grads, bp)
-    dot = sum((g * b).flatten(-2).sum(-1).reshape(-1, w.replicas).sum(0)
-              for g, b in zip(grads.tensors, bp.tensors))
-    n2 = lambda ws: sum(t.square().flatten(-2).sum(-1).reshape(-1, w.replicas).sum(0)
-                        for t in ws.tensors)
-    norm = (n2(grads) * n2(bp)).sqrt()
+    dot = grads.layer_dot(bp).sum(0)                                   # [R]
+    norm = grads.norm() * bp.norm()
     cos_global = torch.where(norm > 0, dot / norm, torch.zeros_like(dot))
     return cos, rel, cos_global

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ctpc.core.dynamics import POP_LAM, Dynamics, Rates
+from ctpc.core.dynamics import POP_LAM, Dynamics, Rates, Scalar
 from ctpc.core.engine import integrate
+from ctpc.core.integrators import Solver
 from ctpc.core.compiled import is_small, run_presentation
 from ctpc.core.network import Network, Weights, rms_norm
 from ctpc.core.reference import forward_layers, mse_loss
@@ -46,19 +47,20 @@ class BPRule:
             loss = mse_loss(y_hat, y)
             # replicas are independent: the gradient of the sum is each replica's gradient
             grads = torch.autograd.grad(loss.sum(), leaves.tensors, allow_unused=True)
-        grads = Weights(*(torch.zeros_like(t) if g is None else g
-                          for g, t in zip(grads, w.tensors)))
+        grads = w.like(torch.zeros_like(t) if g is None else g for g, t in zip(grads, w.tensors))
         return grads, UpdateStats(loss.detach())
 
 
 class InferenceRule:
-    """PC / PC-ALM: ``n_steps`` steps of ``solver`` from the feed-forward state, then the local
-    read-out dL_rho/dW at the final state (the solver's weight-credit timing applies)."""
+    """PC / PC-ALM: ``n_steps`` steps of size ``dt`` (ms; a float or [R, 1, 1]) of ``solver``
+    from the feed-forward state, then the local read-out dL_rho/dW at the final state (the
+    solver's weight-credit timing applies)."""
     plastic = False
 
-    def __init__(self, dyn: Dynamics, solver, n_steps: int, rates: Rates, method: str):
+    def __init__(self, dyn: Dynamics, solver: Solver, n_steps: int, rates: Rates, method: str,
+                 *, dt: Scalar):
         self.dyn, self.solver, self.n_steps, self.rates = dyn, solver, n_steps, rates
-        self.method = method
+        self.method, self.dt = method, dt
         self._carry = None    # the last presentation's carry: its buffers are recycled
 
     def infer(self, w: Weights, x: torch.Tensor, y: torch.Tensor):
@@ -69,7 +71,7 @@ class InferenceRule:
         carry = self.solver.start(p, reuse=self._carry)
         loss0 = mse_loss(self.solver.residuals(carry, p).y_hat, y)
         # No divergence check here: training finds non-finite values at its own sync points.
-        out = integrate(self.solver, carry, p, self.n_steps, check_every=None)
+        out = integrate(self.solver, carry, p, self.n_steps, dt=self.dt, check_every=None)
         self._carry = out.carry
         return out.final_state(), out.solver.residuals(out.carry, p), p, loss0
 
@@ -93,9 +95,9 @@ class FusedInferenceRule(InferenceRule):
     (another summation order)."""
     compiles = True     # the first call builds the program (the training loop says so)
 
-    def __init__(self, dyn: Dynamics, solver, n_steps: int, rates: Rates, method: str,
-                 batch_size: int, mode: str = "unrolled"):
-        super().__init__(dyn, solver, n_steps, rates, method)
+    def __init__(self, dyn: Dynamics, solver: Solver, n_steps: int, rates: Rates, method: str,
+                 batch_size: int, mode: str = "unrolled", *, dt: Scalar):
+        super().__init__(dyn, solver, n_steps, rates, method, dt=dt)
         self.batch_size, self.mode = batch_size, mode
         self._rates_key, self._rates_t = None, ()
 
@@ -103,20 +105,21 @@ class FusedInferenceRule(InferenceRule):
         if x.shape[1] != self.batch_size:
             return super().__call__(w, x, y)
         net, solver = self.dyn.net, self.solver
-        g_in, g_mid, g_out, loss0, energy, res, lam, credit = run_presentation(
-            w.w_in, w.w_mid, w.w_out, x, y, *self._rate_tensors(x), device_type=x.device.type,
+        grads, loss0, energy, res, lam, credit = run_presentation(
+            w.w_in, w.w_mid, w.w_out, w.b_hid, w.b_out, x, y, *self._rate_tensors(x),
+            device_type=x.device.type,
             small=is_small(net.width, y.shape[-1]), mode=self.mode, s_in=net.s_in,
             s_mid=net.s_mid, s_out=net.s_out, activation=net.activation, n_steps=self.n_steps,
             inner_steps=solver.inner_steps, final_dual=solver.final_dual)
-        return Weights(g_in, g_mid, g_out), UpdateStats(loss0, energy, res, lam, credit)
+        return w.like(grads), UpdateStats(loss0, energy, res, lam, credit)
 
     def _rate_tensors(self, x: torch.Tensor) -> tuple:
         """(rho, dt k_h, dt k_lam) as tensors on x's device: 0-d when every replica shares the
         value (read once per loop by the generated code), else [R, 1, 1]. Made once: the
-        rates and the solver are immutable."""
+        rates and dt are immutable."""
         key = (x.device, x.dtype)
         if self._rates_key != key:
-            k, dt = self.rates, self.solver.dt
+            k, dt = self.rates, self.dt
             as_t = lambda v: torch.as_tensor(v, device=x.device, dtype=x.dtype)
             self._rates_t = (as_t(k.rho), as_t(dt * k.k_h), as_t(dt * k.k_lam))
             self._rates_key = key
@@ -126,7 +129,8 @@ class FusedInferenceRule(InferenceRule):
 class PlasticRule:
     """Continuous plasticity (:mod:`ctpc.training.plasticity`): each presentation integrates
     the neurons and the weights together; ``present`` returns the new weights. ``readout`` is
-    the same inference with the weights held fixed (what the probe alignment measures)."""
+    the same inference with the weights held fixed (what the probe alignment measures); its
+    ``n_steps`` and ``dt`` are the presentation's."""
     plastic = True
 
     def __init__(self, readout: InferenceRule, solver):
@@ -139,7 +143,7 @@ class PlasticRule:
         S0 = dyn.initial_state(p)
         loss0 = mse_loss(dyn.residuals(S0, p).y_hat, y)
         out = integrate(self.solver, self.solver.init(S0, p), p, self.readout.n_steps,
-                        check_every=None)
+                        dt=self.readout.dt, check_every=None)
         w_new = final_weights(self.solver, out.carry)
         S = out.final_state()
         pn = dyn.params(w_new, x, y, self.readout.rates)

@@ -14,25 +14,35 @@ from ctpc.data import DataSplit, labelled_split_size, load_split
 from ctpc.core.compiled import check_compiler, keep_freed_buffers
 from ctpc.core.integrators import make_solver
 from ctpc.build.objects import Model, build_model, resolve_device
+from ctpc.build.resolved import Resolved
 from ctpc.common.schemes import scheme as scheme_info
 from ctpc.training.plasticity import plastic_solver
 from ctpc.training.rules import BPRule, FusedInferenceRule, InferenceRule, PlasticRule
 
 
 def training_config(cfg: Config) -> TrainingConfig:
+    """The ``training:`` section, or the defaults for a config without one. Computed once per
+    run, by :func:`ctpc.training.prepare_config`, which puts it into the config it resolves;
+    the functions below read that section (:func:`_training`)."""
     return cfg.training if cfg.training is not None else TrainingConfig()
+
+
+def _training(cfg: Config) -> TrainingConfig:
+    """The section of a config prepared for training (as read); the defaults are computed only
+    for a config without one (a simulation config given to these functions)."""
+    return cfg.training if cfg.training is not None else training_config(cfg)
 
 
 def resolved_lr(cfg: Config) -> float:
     """training.lr, or the paper's rule lr = 1e-3 sqrt(N / L) for 'auto' (spec section 7)."""
-    lr = training_config(cfg).lr
+    lr = _training(cfg).lr
     return 1e-3 * math.sqrt(cfg.network.width / cfg.network.depth) if lr == "auto" else lr
 
 
 # What replicas of one training program must share besides shapes (ctpc.build.objects.shape_key):
 # the data they draw from, the control flow of the rule and of the loop.
 def training_key(cfg: Config) -> tuple:
-    t, it, d = training_config(cfg), cfg.integrator, cfg.data
+    t, it, d = _training(cfg), cfg.integrator, cfg.data
     rule = ("bp",) if cfg.dynamics.method == "bp" else (
         it.scheme, it.n_steps, it.inner_steps, it.weight_credit_timing, t.plasticity, t.tau_w,
         it.compile)
@@ -77,7 +87,7 @@ class TrainSetup:
 
     @property
     def training(self) -> TrainingConfig:
-        return training_config(self.cfg)
+        return _training(self.cfg)
 
     @property
     def replicas(self) -> int:
@@ -88,15 +98,17 @@ def make_rule(cfg: Config, model: Model):
     """The learning rule of ``dynamics.method`` (and ``training.plasticity``)."""
     if cfg.dynamics.method == "bp":
         return BPRule(model.net)
-    it, t = cfg.integrator, training_config(cfg)
-    solver = make_solver(model.dyn, it.scheme, model.dt, inner_steps=it.inner_steps,
+    it, t = cfg.integrator, _training(cfg)
+    solver = make_solver(model.dyn, it.scheme, inner_steps=it.inner_steps,
                          weight_credit_timing=it.weight_credit_timing)
-    if fusable(cfg, model.x.device):
+    if fusable(cfg, model.net.device):
         check_compiler()
         keep_freed_buffers()
         return FusedInferenceRule(model.dyn, solver, it.n_steps, model.rates,
-                                  cfg.dynamics.method, cfg.data.batch_size, it.compile_mode)
-    rule = InferenceRule(model.dyn, solver, it.n_steps, model.rates, cfg.dynamics.method)
+                                  cfg.dynamics.method, cfg.data.batch_size, it.compile_mode,
+                                  dt=model.dt)
+    rule = InferenceRule(model.dyn, solver, it.n_steps, model.rates, cfg.dynamics.method,
+                         dt=model.dt)
     if t.plasticity == "continuous":
         return PlasticRule(rule, plastic_solver(solver, t.tau_w))
     return rule
@@ -109,7 +121,7 @@ def fusable(cfg: Config, device: torch.device) -> bool:
     compile is ignored by training.)"""
     return (cfg.integrator.compile_mode is not None
             and scheme_info(cfg.integrator.scheme).gauss_seidel
-            and not cfg.dynamics.tau_e > 0 and training_config(cfg).plasticity != "continuous"
+            and not cfg.dynamics.tau_e > 0 and _training(cfg).plasticity != "continuous"
             and device.type == "cpu")
 
 
@@ -118,7 +130,7 @@ def check_machine(cfg: Config) -> None:
     anything (ConfigError): its device (:func:`ctpc.build.objects.resolve_device`), CUDA graphs off
     CUDA, and a compiled presentation (:func:`fusable`) without a C++ compiler."""
     device = resolve_device(cfg.device)
-    if training_config(cfg).cuda_graph and device.type != "cuda":
+    if _training(cfg).cuda_graph and device.type != "cuda":
         raise ConfigError("training.cuda_graph: true needs a CUDA device; this run is on the "
                           "CPU (set device: cuda on a GPU machine, or cuda_graph: false)")
     if cfg.dynamics.method != "bp" and fusable(cfg, device):
@@ -137,7 +149,7 @@ def check_data(cfg: Config) -> None:
 def schedule(cfg: Config, n_train: int) -> tuple[int, int]:
     """(updates per epoch, total updates) of a training run on ``n_train`` examples;
     ConfigError when the data cannot fill a batch or the probe batch."""
-    t, b = training_config(cfg), cfg.data.batch_size
+    t, b = _training(cfg), cfg.data.batch_size
     per_epoch = n_train // b if cfg.data.drop_last else -(-n_train // b)
     if per_epoch == 0:
         raise ConfigError(f"data.batch_size ({b}) is larger than the {n_train} training "
@@ -154,13 +166,23 @@ def schedule(cfg: Config, n_train: int) -> tuple[int, int]:
 
 def build_training(cfgs: Config | list[Config]) -> TrainSetup:
     """Everything a training run of one config, or of replicas that share
-    :func:`training_key`, needs (data loaded and checked, weights initialised)."""
+    :func:`training_key`, needs (data loaded and checked, weights initialised): one model, no
+    simulation batch. The configs are resolved training configs
+    (:func:`ctpc.training.prepare_config`, or :func:`ctpc.load_config` of a config with a
+    ``training:`` section)."""
     cfgs = [cfgs] if isinstance(cfgs, Config) else list(cfgs)
+    for c in cfgs:
+        if not isinstance(c, Resolved) or c.training is None:
+            raise TypeError("build_training needs configs resolved for training "
+                            "(ctpc.training.prepare_config, or ctpc.load_config of a config "
+                            f"with a training: section); got {type(c).__name__} "
+                            f"{'without a training section' if c.training is None else ''}"
+                            .rstrip())
     keys = {training_key(c) for c in cfgs}
     if len(keys) != 1:
         raise ValueError("training replicas must share data, rule, optimiser and schedule")
     cfg = cfgs[0]
-    model = build_model(cfgs)
+    model = build_model(cfgs, batch=False)
     dev, dtype = model.net.device, model.net.dtype
     train = DeviceSplit.of(load_split(cfg.data, cfg.network, "train"), dev, dtype)
     test = DeviceSplit.of(load_split(cfg.data, cfg.network, "test"), dev, dtype)

@@ -36,7 +36,7 @@ def run_replicas(cfgs: list[Config], progress: bool = True, stream=None) -> list
         warnings.warn("integrator.compile: true is used by training (python -m ctpc.train); "
                       "a simulation observes the steps it records and runs them eagerly",
                       stacklevel=2)
-    solver = make_solver(model.dyn, it.scheme, model.dt, inner_steps=it.inner_steps,
+    solver = make_solver(model.dyn, it.scheme, inner_steps=it.inner_steps,
                          weight_credit_timing=it.weight_credit_timing)
     p = model.params()
     bp = bp_reference(model.net, model.weights, model.x, model.y)
@@ -47,7 +47,7 @@ def run_replicas(cfgs: list[Config], progress: bool = True, stream=None) -> list
         carry = solver.start(p)
         S0 = solver.state(carry)
         rec.record(0, S0, p, solver.residuals(carry, p))
-        out = integrate(solver, carry, p, n, check_every=it.check_every,
+        out = integrate(solver, carry, p, n, dt=model.dt, check_every=it.check_every,
                         bound=divergence_bounds(S0, it.divergence_bound, it.growth_bound),
                         observe=lambda step, slv, c: rec.maybe_record(
                             step, slv.state(c), p, lambda: slv.residuals(c, p)),
