@@ -34,6 +34,7 @@ def pytest_configure(config):
 # 2-core machine under load (pytest --durations=0, 2026-12-03); the rest take 0.01-1.4 s. The
 # whole suite, slow ones included, is what CI runs. A test that grows slow belongs here.
 SLOW = {
+    "test_fused.py::test_compiled_presentation_with_biases_equals_the_eager_rule",
     "test_notebooks.py::test_notebook_executes",
     "test_brian2.py::test_compiled_target_agrees_with_numpy",
     "test_grid.py::test_small_grid_writes_every_promised_file",

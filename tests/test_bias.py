@@ -6,6 +6,7 @@ linear PC-ALM's fixed point still carries BP's gradient exactly, biases included
 References are written here, per sample and per replica, in plain torch (autograd of the
 energy of spec section 2 with the biases added), not with the code under test."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +138,103 @@ def test_linear_pcalm_fixed_point_is_bp_with_biases():
         # float64: the read-out's sums of a few dozen products carry ~1e-15 relative round-off
         assert float((got - ref).abs().max()) <= 1e-12 * scale
     assert float(bp.b_hid.abs().max()) > 0.1 and float(bp.b_out.abs().max()) > 0.1
+
+
+# ------------------------------------------------------------- through the whole simulator
+import numpy as np  # noqa: E402
+
+import ctpc  # noqa: E402
+from conftest import small_config  # noqa: E402
+
+NET = {"width": 8, "depth": 6, "activation": "linear", "input_dim": 5, "output_dim": 3,
+       "bias": True}
+
+
+def weights_file(path, net=NET, seed=4, with_biases=True, drop=None):
+    rng = np.random.default_rng(seed)
+    n, d, o, depth = net["width"], net["input_dim"], net["output_dim"], net["depth"]
+    shapes = [(n, d)] + [(n, n)] * (depth - 2) + [(o, n)]
+    arrays = {f"w{i + 1}": rng.standard_normal(s) for i, s in enumerate(shapes)}
+    if with_biases:
+        arrays |= {f"b{i + 1}": rng.standard_normal(s[0]) for i, s in enumerate(shapes)}
+    for k in drop or ():
+        arrays.pop(k)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_simulated_linear_pcalm_reaches_bp_with_biases(tmp_path):
+    """tests/test_exactness.py's check with biases read from the weights file: the recorded
+    BP cosine and relative error cover each layer's W_l and b_l together."""
+    # tau_h: auto (dt/tau_h = 1/lambda_max): stable for any weights file (spec 5.2)
+    ds = ctpc.simulate(small_config(
+        network={**NET, "weights": str(weights_file(tmp_path / "w.npz", seed=0))},
+        data={"batch_size": 4}, dynamics={"method": "pcalm", "tau_h": "auto", "tau_lambda": 1.0},
+        integrator={"scheme": "semi_implicit", "dt": 1.0, "steps": 5000},
+        record={"every": 500}))
+    last = ds.isel(time=-1)
+    assert ds.attrs["status"] == "ok"
+    assert float(last.bp_cos.min()) >= 1 - 1e-9          # the issue's bound (test_exactness)
+    assert float(last.bp_relerr.max()) <= 1e-6
+    for i in range(1, NET["depth"] + 1):
+        g, b = ds[f"grad_w{i}"].values, ds[f"bp_grad_w{i}"].values
+        assert np.abs(g - b).max() <= 1e-9 * np.abs(b).max()
+    # the biases matter: without them the same weights give another feed-forward output
+    plain = ctpc.simulate(small_config(
+        network={**NET, "bias": False,
+                 "weights": str(weights_file(tmp_path / "p.npz", with_biases=False))},
+        data={"batch_size": 4}, integrator={"steps": 1}, record={"every": 1}))
+    assert float(np.abs(plain.loss.isel(time=0) - ds.loss.isel(time=0))) > 1e-3
+
+
+@pytest.mark.parametrize("construction", ["synapses", "network_operation"])
+def test_brian2_agrees_with_torch_with_biases(tmp_path, construction):
+    pytest.importorskip("brian2")
+    cfg = small_config(
+        device="cpu", network={**NET, "activation": "tanh",
+                               "weights": str(weights_file(tmp_path / "w.npz"))},
+        dynamics={"method": "pcalm", "tau_h": 2.0, "tau_lambda": 2.0},
+        integrator={"scheme": "euler", "dt": 0.5, "steps": 60}, record={"every": 1},
+        brian2={"construction": construction})
+    t = ctpc.simulate(cfg)
+    b = ctpc.simulate({**cfg, "backend": "brian2"})
+    assert b.attrs["status"] == t.attrs["status"] == "ok"
+    for v in ("h", "lam", "err", "energy", "loss"):
+        scale = float(np.abs(t[v].values).max())
+        # the Brian2 agreement bound of tests/test_brian2.py (round-off measured ~1e-14)
+        assert float(np.abs(b[v].values - t[v].values).max()) <= 1e-9 * scale, v
+
+
+def test_the_weights_file_format_with_biases(tmp_path, capsys):
+    from ctpc.cli.simulate import main
+    base = small_config(network={**NET}, integrator={"steps": 2})
+    # biases in a file for a network without them: refused, naming the key to set
+    f = weights_file(tmp_path / "w.npz")
+    with pytest.raises(ctpc.ConfigError, match="network.bias is false"):
+        ctpc.load_config({**base, "network": {**NET, "bias": False, "weights": str(f)}})
+    # some biases but not all: refused, naming the missing ones
+    g = weights_file(tmp_path / "g.npz", drop=["b3"])
+    with pytest.raises(ctpc.ConfigError, match=r"not \['b3'\]"):
+        ctpc.load_config({**base, "network": {**NET, "weights": str(g)}})
+    # no biases in the file: zeros, the same run as bias: false
+    z = weights_file(tmp_path / "z.npz", with_biases=False)
+    zero = ctpc.simulate({**base, "network": {**NET, "weights": str(z)}})
+    none = ctpc.simulate({**base, "network": {**NET, "bias": False, "weights": str(z)}})
+    np.testing.assert_array_equal(zero.h.values, none.h.values)
+    del main, capsys
+
+
+def test_training_with_biases_writes_and_reloads_them(tmp_path):
+    model = str(Path(__file__).resolve().parent.parent / "models" / "train_digits.yaml")
+    quick = ["network.depth=4", "network.width=16", "training.max_updates=6",
+             "training.eval_every=null", "network.bias=true"]
+    out = tmp_path / "t.nc"
+    for method in ("bp", "pcalm"):
+        ds = ctpc.train(model, quick + [f"dynamics.method={method}"], out=out, overwrite=True)
+        assert ds.attrs["status"] == "ok"
+        saved = np.load(out.with_suffix(".weights.npz"))
+        assert sorted(saved.files) == [f"b{i}" for i in range(1, 5)] + [f"w{i}" for i in range(1, 5)]
+        assert any(np.abs(saved[f"b{i}"]).max() > 0 for i in range(1, 5))   # they learned
+    # the file trains on: loaded back as network.weights with biases
+    again = ctpc.train(model, quick + [f"network.weights={out.with_suffix('.weights.npz')}"])
+    assert again.attrs["status"] == "ok"

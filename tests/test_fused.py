@@ -296,3 +296,27 @@ def test_simulate_says_it_does_not_compile():
     del c["training"]
     with pytest.warns(UserWarning, match="integrator.compile"):
         ctpc.simulate(ctpc.load_config(c))
+
+
+@pytest.mark.parametrize("compile_mode", [True, "loop"])
+def test_compiled_presentation_with_biases_equals_the_eager_rule(compile_mode):
+    """network.bias: the compiled programs use the lanes restatements of the formulas
+    (ctpc.core.network, next to the definitions); with non-zero biases in the pass and the
+    read-out they give the eager rule's gradients, bias gradients included."""
+    over = {"network__bias": True, "network__depth": 4, "integrator__compile": compile_mode}
+    fused = build_training(ctpc.load_config(config(**over)))
+    eager = build_training(ctpc.load_config(config(**{**over, "integrator__compile": False})))
+    gen = torch.Generator().manual_seed(2)
+    for b in ("b_hid", "b_out"):
+        values = torch.randn(getattr(fused.model.weights, b).shape, generator=gen,
+                             dtype=torch.float64)
+        getattr(fused.model.weights, b).copy_(values)
+        getattr(eager.model.weights, b).copy_(values)
+    x, y = fused.train.x[:4][None], fused.train.y[:4][None]
+    with torch.no_grad():
+        g_f, st_f = fused.rule(fused.model.weights, x, y)
+        g_e, st_e = eager.rule(eager.model.weights, x, y)
+    assert len(g_f.tensors) == len(g_e.tensors) == 5
+    for a, b in zip(g_f.tensors, g_e.tensors):
+        assert a.shape == b.shape and rel(a, b) < TOL
+    np.testing.assert_allclose(st_f.energy.numpy(), st_e.energy.numpy(), rtol=TOL)

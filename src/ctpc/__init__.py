@@ -1,10 +1,16 @@
 """ctpc: continuous-time simulator for predictive coding (PC) and PC-ALM networks.
 
     import ctpc
-    cfg = ctpc.load_config("models/pcalm_deep.yaml", ["integrator.steps=64"])
+    cfg = ctpc.load_config("models/pcalm_deep.yaml", ["integrator.steps=64"])   # resolved
     ds = ctpc.simulate(cfg)                 # xarray.Dataset; see README "Dataset schema"
     ds = ctpc.open_results("runs/pcalm_deep.nc")
     ds = ctpc.train("models/train_digits.yaml", out="runs/train_digits.nc")
+
+``load_config`` reads, validates and resolves a config once: it returns a
+:class:`ctpc.build.resolve.Resolved` config, a :class:`Config` (``cfg.network.depth``,
+``cfg.to_dict()``) that cannot be changed, which ``simulate`` and ``train`` run as it is, reading
+no file and resolving nothing again (a YAML path or a dict given to them is resolved once). To
+vary it, load it again with overrides: ``ctpc.load_config(cfg, ["network.depth=16"])``.
 
 The functions that run models (``load_config``, ``simulate``, ``train``) are imported on first
 use, so

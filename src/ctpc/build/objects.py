@@ -20,7 +20,7 @@ from ctpc.build.resolved import require_resolved
 from ctpc.config.schema import Config, ConfigError
 from ctpc.data import load_batch
 from ctpc.core.dynamics import Dynamics, Params, Rates, Scalar, per_replica
-from ctpc.core.network import Network, Weights, init_weights
+from ctpc.core.network import Network, Weights, init_biases, init_weights
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -154,8 +154,9 @@ def initial_weights(cfgs: list[Config], device, dtype, from_files=None) -> Weigh
     reads the file again."""
     if from_files is None:
         from_files = [require_resolved(c, "initial_weights").found.weights for c in cfgs]
+    biases = [init_biases(c, from_file=f) for c, f in zip(cfgs, from_files)]
     return Weights.stack([init_weights(c, from_file=f) for c, f in zip(cfgs, from_files)],
-                         device, dtype)
+                         device, dtype, biases=None if biases[0] is None else biases)
 
 
 def build_model(cfgs: Config | list[Config], device: torch.device | None = None, *,

@@ -17,12 +17,14 @@ import warnings
 from pathlib import Path
 from typing import Union
 
+import numpy as np
+
 from ctpc import data as data_mod
 from ctpc.build.auto_step import resolve_auto_step
-from ctpc.build.resolved import Found, Resolved, freeze
+from ctpc.build.resolved import Found, FrozenDict, Resolved, freeze
 from ctpc.config.load import read_config
 from ctpc.config.schema import Config, ConfigError, layer_shapes
-from ctpc.core.network import check_weights_file
+from ctpc.core.network import bias_shapes, check_weights_file
 from ctpc.results.memory import check_memory, check_trace_size
 
 __all__ = ["load_config", "resolve", "resolved", "in_float64_on_cpu", "Resolved", "Found",
@@ -93,11 +95,9 @@ def resolve(cfg: Config, *, config_file: str | Path | None = None) -> Resolved:
     digests = data_mod.file_digests(cfg.data)
     weights = None
     if cfg.network.weights is not None:     # read once: the run takes them from cfg.found
-        weights = check_weights_file(cfg.network.weights, layer_shapes(cfg), cfg.dtype,
-                                     digests=digests)
-        for w in weights:
-            w.flags.writeable = False
-        weights = tuple(weights)
+        weights = _read_only(check_weights_file(cfg.network.weights, layer_shapes(cfg),
+                                                cfg.dtype, digests=digests,
+                                                bias_shapes=bias_shapes(cfg)))
     if cfg.integrator.budget == "auto":
         cfg.integrator.budget = 2 * cfg.network.depth      # the paper's T = 2L
     _check_record(cfg)
@@ -118,9 +118,20 @@ def resolve(cfg: Config, *, config_file: str | Path | None = None) -> Resolved:
         lam, batch = resolve_auto_step(cfg, weights)
         check_number_range(cfg)
     found = Found(n_examples=n_examples, split_sizes=splits, weights=weights, lambda_max=lam,
-                  batch=batch if cfg.training is None else None, digests=digests,
+                  batch=_read_only(batch) if cfg.training is None else None,
+                  digests=FrozenDict(digests),
                   config_file=None if config_file is None else Path(config_file))
     return freeze(cfg, found)
+
+
+def _read_only(value):
+    """What a reader returned, kept in a resolved config: arrays read-only, lists as tuples."""
+    if isinstance(value, np.ndarray):
+        value.flags.writeable = False
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(_read_only(v) for v in value)
+    return value
 
 
 def in_float64_on_cpu(cfg: Config) -> Resolved:

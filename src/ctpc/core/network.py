@@ -39,11 +39,34 @@ def init_weights(cfg: Config, from_file=None) -> list[np.ndarray]:
     config was resolved (``Resolved.found.weights``), used instead of reading the file again."""
     shapes = layer_shapes(cfg)
     if cfg.network.weights is not None:
-        if from_file is not None:
-            return list(from_file)
-        return check_weights_file(cfg.network.weights, shapes, cfg.dtype)
+        if from_file is None:
+            from_file = check_weights_file(cfg.network.weights, shapes, cfg.dtype,
+                                           bias_shapes=bias_shapes(cfg))
+        return list(from_file[:len(shapes)])
     rng = np.random.default_rng(cfg.seed)
     return [rng.standard_normal(s) for s in shapes]
+
+
+def bias_shapes(cfg: Config) -> list[tuple[int]] | None:
+    """Shapes of b1 .. bL with ``network.bias`` (N, ..., N, O), else None."""
+    if not cfg.network.bias:
+        return None
+    return [(s[0],) for s in layer_shapes(cfg)]
+
+
+def init_biases(cfg: Config, from_file=None) -> list[np.ndarray] | None:
+    """b_1..b_L of one network with ``network.bias`` (else None): zeros, or ``b1 .. bL`` from
+    ``network.weights`` (``from_file``: what :func:`check_weights_file` returned, as for
+    :func:`init_weights`)."""
+    shapes = bias_shapes(cfg)
+    if shapes is None:
+        return None
+    if cfg.network.weights is not None:
+        if from_file is None:
+            from_file = check_weights_file(cfg.network.weights, layer_shapes(cfg), cfg.dtype,
+                                           bias_shapes=shapes)
+        return list(from_file[len(shapes):])
+    return [np.zeros(s) for s in shapes]
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -51,10 +74,13 @@ WEIGHT_KINDS = {"b": "bool", "i": "int", "u": "unsigned int", "f": "float"}
 
 
 def check_weights_file(path: str | Path, shapes: list[tuple[int, int]],
-                       dtype: str | None = None, digests: dict | None = None) -> list[np.ndarray]:
+                       dtype: str | None = None, digests: dict | None = None,
+                       bias_shapes: list[tuple[int]] | None = None) -> list[np.ndarray]:
     """Read ``w1 .. wL`` from an .npz and check names, shapes and values (ConfigError): real
     numbers only (complex, strings, objects are refused, never cast), finite, and with
-    ``dtype`` 'float32', within float32's range. The file is opened once; with ``digests`` (a
+    ``dtype`` 'float32', within float32's range. With ``bias_shapes`` (``network.bias``) the
+    file may also hold ``b1 .. bL`` (all of them, or none: zeros); the list returned is then
+    ``[w1 .. wL, b1 .. bL]``. The file is opened once; with ``digests`` (a
     digest cache of :func:`ctpc.config.identity.input_digests`) its SHA-256 is taken from that
     same opening and stored there."""
     path = Path(path)
@@ -74,14 +100,32 @@ def check_weights_file(path: str | Path, shapes: list[tuple[int, int]],
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input error
             raise ConfigError(f"network.weights: cannot read {str(path)!r} as .npz ({exc})") \
                 from None
-        return _checked_weights(path, shapes, dtype, arrays, files)
+        return _checked_weights(path, shapes, dtype, arrays, files, bias_shapes)
 
 
-def _checked_weights(path: Path, shapes, dtype, arrays, files) -> list[np.ndarray]:
-    expected = [f"w{i + 1}" for i in range(len(shapes))]
+def _checked_weights(path: Path, shapes, dtype, arrays, files, bias_shapes=None) -> list[np.ndarray]:
+    names = [f"w{i + 1}" for i in range(len(shapes))]
+    biases = [f"b{i + 1}" for i in range(len(shapes))]
+    expected = list(names)
+    zeros = []
+    problems = []
+    if bias_shapes is not None:
+        held = [k for k in biases if k in files]
+        if held and len(held) < len(biases):
+            problems.append(f"holds {held} but not {[k for k in biases if k not in files]}: "
+                            "give every bias b1 .. bL, or none (zeros)")
+        if held:
+            expected += biases
+            shapes = list(shapes) + list(bias_shapes)
+        else:
+            zeros = [np.zeros(s) for s in bias_shapes]
+    elif any(k in files for k in biases):
+        problems.append(f"holds biases {[k for k in biases if k in files]} but network.bias is "
+                        "false; set network.bias: true to use them")
+        expected += [k for k in biases if k in files]
+        shapes = list(shapes) + [None] * (len(expected) - len(names))
     missing = [k for k in expected if k not in files]
     extra = [k for k in files if k not in expected]
-    problems = []
     if missing:
         problems.append(f"missing {missing}")
     if extra:
@@ -101,6 +145,8 @@ def _checked_weights(path: Path, shapes, dtype, arrays, files) -> list[np.ndarra
                             "numbers (float, int or bool), saved e.g. as w.real.astype(float)")
             continue
         w = np.asarray(stored, dtype=np.float64)
+        if shape is None:
+            continue
         if tuple(w.shape) != tuple(shape):
             problems.append(f"{key} has shape {tuple(w.shape)}, expected {tuple(shape)}")
         elif not np.isfinite(w).all():
@@ -114,8 +160,9 @@ def _checked_weights(path: Path, shapes, dtype, arrays, files) -> list[np.ndarra
     if problems:
         raise ConfigError(
             f"network.weights {str(path)!r} does not match the network "
-            f"(depth {len(shapes)}, shapes [out, in] {shapes}): " + "; ".join(problems))
-    return out
+            f"(depth {len(names)}, shapes [out, in] {shapes[:len(names)]}): "
+            + "; ".join(problems))
+    return out + zeros
 
 
 # ---------------------------------------------------------------------------- weights

@@ -293,7 +293,7 @@ def _write_cell(plan: SweepPlan, cell: Cell, ds: xr.Dataset, weights: dict | Non
     ds.attrs["sweep_cell"] = json.dumps(cell.overrides)
     ds.attrs["sweep_key"] = cell.key
     if weights is not None:            # a training cell's final weights, beside its file
-        write_weights(list(weights.values()), plan.cell_weights_path(cell))
+        write_weights(weights, plan.cell_weights_path(cell))
     else:                              # none for this cell: none of another run stays beside it
         plan.cell_weights_path(cell).unlink(missing_ok=True)
     write_netcdf(ds, plan.cell_path(cell))    # last: a cell is done once its file exists

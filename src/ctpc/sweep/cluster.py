@@ -347,8 +347,7 @@ def run_group(configs: list[Config], commands: list[str]) -> list[tuple[xr.Datas
         if configs[0].training is not None:
             for cfg in configs:       # what a training run refuses on this worker's machine
                 training.check_training(cfg)
-            out = [(ds, {f"w{i}": w for i, w in enumerate(ws, start=1)})
-                   for ds, ws in training.train_replicas(configs)]
+            out = training.train_replicas(configs)     # (dataset, the weights file's arrays)
             for (ds, _), cmd in zip(out, commands):
                 ds.attrs["history"] = ds.attrs["history"].replace(
                     "ctpc.train() (Python API)", cmd)

@@ -104,6 +104,9 @@ def run_training(cfg: Resolved, target: Path, *, what: str = "--out", resume: bo
     :func:`ctpc.config.paths.check_outputs` has checked (with the training companions), named
     ``what`` in messages: what ``python -m ctpc.train`` runs once it has resolved its config
     and checked its output (neither happens again here)."""
+    if not isinstance(cfg, Resolved) or cfg.training is None:
+        raise TypeError("run_training needs a config prepare_config gave (resolved for "
+                        f"training); got {type(cfg).__name__}")
     warn_unused_by_bp(cfg)
     _refuse_contradiction(resume, overwrite)
     return _train(cfg, target, what, resume=resume, overwrite=overwrite, progress=progress,
@@ -159,7 +162,7 @@ def _train(cfg: Resolved, target: Path | None, what: str, *, resume: bool, overw
     ds = training_dataset(setup, state, 0, command)
     if target is not None:
         if ds.attrs["status"] == "ok":
-            write_weights(setup.model.weights.matrices(0), ckpt.weights_path(target))
+            write_weights(setup.model.weights.arrays(0), ckpt.weights_path(target))
         else:       # an earlier (shorter, resumed) run's weights are not this run's
             ckpt.weights_path(target).unlink(missing_ok=True)
         write_netcdf(ds, target)
@@ -189,15 +192,15 @@ def train_replicas(cfgs: list[Config], progress: bool = False,
     setup = build_training(cfgs)
     with matmul_precision(cfgs[0]):
         state = Trainer(setup, progress=progress).run()
-    return [(training_dataset(setup, state, r, command),
-             [m.cpu().numpy() for m in setup.model.weights.matrices(r)])
+    return [(training_dataset(setup, state, r, command), setup.model.weights.arrays(r))
             for r in range(len(cfgs))]
 
 
-def write_weights(matrices, path: Path) -> Path:
-    """``w1 .. wL`` ([out, in], unscaled) as an .npz that ``network.weights`` loads; atomic."""
-    arrays = {f"w{i}": np.asarray(m.detach().cpu().numpy() if hasattr(m, "detach") else m)
-              for i, m in enumerate(matrices, start=1)}
+def write_weights(arrays: dict[str, np.ndarray], path: Path) -> Path:
+    """One network's parameters as the weights file that ``network.weights`` loads
+    (:meth:`ctpc.core.network.Weights.arrays`: ``w1 .. wL`` [out, in], unscaled, and
+    ``b1 .. bL`` with biases) as an .npz; atomic."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
     def write(tmp: Path) -> None:    # NAME.tmp-PID, removed by the next run if this one is killed
         with open(tmp, "wb") as f:      # a file object: savez would append .npz to a name
             np.savez(f, **arrays)

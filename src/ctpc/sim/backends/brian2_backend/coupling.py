@@ -33,6 +33,10 @@ class TorchCoupling:
         self.fb = [view(g, "fb") for g in layers]
         self.yhat = view(output, "yhat")
         self.y = torch.as_tensor(view(output, "y").reshape(1, self.b, -1).copy())
+        # with biases, pred and yhat hold the synaptic part and b is the neurons' constant
+        w = p.weights
+        self.b_hid = None if w.b_hid is None else w.b_hid[:, :1]           # [H, 1, 1, N]
+        self.b_out = None if w.b_out is None else w.b_out[:1]              # [1, 1, O]
 
     def _stack(self, arrays) -> torch.Tensor:
         """Brian2's per-layer arrays -> [H, 1, B, N] (one replica)."""
@@ -40,6 +44,8 @@ class TorchCoupling:
 
     def predict(self) -> None:
         pred, y_hat = self.net.predictions(self.p.weights, self._stack(self.h), self.p.drive)
+        if self.b_hid is not None:
+            pred, y_hat = pred - self.b_hid, y_hat - self.b_out
         pred = pred.numpy()
         for l, target in enumerate(self.pred):
             target[:] = pred[l].ravel()
@@ -48,9 +54,12 @@ class TorchCoupling:
     def feed_back(self) -> None:
         h = self._stack(self.h)
         # credit = rho * err + lam from the stored predictions, as the synapses read them
-        err = self._stack(self.err) if self.err is not None else h - self._stack(self.pred)
-        credit = torch.add(self._stack(self.lam), err, alpha=self.spec.constants["rho"][0])
+        pred = self._stack(self.pred)
         y_hat = torch.from_numpy(self.yhat.reshape(1, self.b, -1))
+        if self.b_hid is not None:
+            pred, y_hat = pred + self.b_hid, y_hat + self.b_out
+        err = self._stack(self.err) if self.err is not None else h - pred
+        credit = torch.add(self._stack(self.lam), err, alpha=self.spec.constants["rho"][0])
         fb = self.net.feedback(self.p.weights, h, self.net.phi(h), y_hat, credit,
                                self.y).numpy()
         for l, target in enumerate(self.fb):

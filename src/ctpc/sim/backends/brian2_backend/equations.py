@@ -130,8 +130,10 @@ def rates_code(activation: str) -> str:
     return f"phi = {phi}\ndphi = {dphi}"
 
 
-def _layer_equations(leaky: bool, has_lambda: bool, gauss_seidel: bool, activation: str) -> str:
+def _layer_equations(leaky: bool, has_lambda: bool, gauss_seidel: bool, activation: str,
+                     bias: bool = False) -> str:
     phi, dphi = ACTIVATIONS[activation]
+    pred = "(pred + b)" if bias else "pred"      # the full prediction of the unit
     lines = ["dh/dt = (fb - credit) / tau_h : 1    # activity neurons: tau_h dh/dt = -dL/dh"]
     if has_lambda:
         lines.append("lam : 1    # multiplier neurons, updated after h (Gauss-Seidel)"
@@ -142,14 +144,16 @@ def _layer_equations(leaky: bool, has_lambda: bool, gauss_seidel: bool, activati
     if leaky:
         lines.append("err : 1    # leaky error neurons, updated after h (Gauss-Seidel)"
                      if gauss_seidel else
-                     "derr/dt = (h - pred - err) / tau_e : 1    # leaky error neurons")
+                     f"derr/dt = (h - {pred} - err) / tau_e : 1    # leaky error neurons")
     else:
-        lines.append("err = h - pred : 1    # instantaneous error neurons: the residual r")
+        lines.append(f"err = h - {pred} : 1    # instantaneous error neurons: the residual r")
     lines += [
         "credit = rho * err + lam : 1    # composite credit g, sent down and to the weights",
         f"phi : 1    # rate sent up, {phi} (set once per step by layer_l_rates)",
         f"dphi : 1    # slope phi'(h) = {dphi}, gates the credit sent down (layer_l_rates)",
         "pred : 1    # prediction from the layer below (summed variable)",
+        *(["b : 1 (constant)    # bias b_l of the unit's prediction (network.bias)"] if bias
+          else []),
         "fb : 1    # credit fed back from above, J^T g (summed variable)",
         "diverged_step : integer    # first step whose state left the bound (-1: none)",
         "sample : integer (constant)",
@@ -158,7 +162,8 @@ def _layer_equations(leaky: bool, has_lambda: bool, gauss_seidel: bool, activati
     return "\n".join(lines)
 
 
-def _dual_code(cfg: Config, leaky: bool, has_lambda: bool, n_primal: int) -> str | None:
+def _dual_code(cfg: Config, leaky: bool, has_lambda: bool, n_primal: int,
+               bias: bool = False) -> str | None:
     """Gauss-Seidel: error and multiplier neurons from the residual of the new activity."""
     it = cfg.integrator
     gate = []
@@ -170,7 +175,8 @@ def _dual_code(cfg: Config, leaky: bool, has_lambda: bool, n_primal: int) -> str
     factor = " * ".join(gate + ["dt"])
     lines = []
     if leaky:
-        lines.append(f"err += {factor} / tau_e * (h - pred - err)")
+        pred = "(pred + b)" if bias else "pred"
+        lines.append(f"err += {factor} / tau_e * (h - {pred} - err)")
     if has_lambda:
         lines.append(f"lam += {factor} / tau_lambda * err")
     return "\n".join(lines) or None
@@ -206,7 +212,7 @@ def model_spec(cfg: Config) -> ModelSpec:
     if it.scheme == "discrete" and it.weight_credit_timing == "pre_dual":
         constants["n_primal"] = (n_primal, "1")
 
-    layer_eqs = _layer_equations(leaky, has_lambda, gauss_seidel, net.activation)
+    layer_eqs = _layer_equations(leaky, has_lambda, gauss_seidel, net.activation, net.bias)
     groups = [GroupSpec("input", batch * d_in, "x : 1 (constant)    # clamped input rates\n"
                         "sample : integer (constant)\nunit : integer (constant)", None,
                         f"clamped input, {batch} samples x {d_in} units")]
@@ -217,7 +223,9 @@ def model_spec(cfg: Config) -> ModelSpec:
         "output", batch * d_out,
         "y : 1 (constant)    # clamped target\n"
         "yhat : 1    # network output s_out W_L phi(h_H) (summed variable)\n"
-        "out_err = yhat - y : 1    # output error, dl/dyhat\n"
+        + ("b : 1 (constant)    # output bias b_L (network.bias)\n"
+           "out_err = yhat + b - y : 1    # output error, dl/dyhat\n" if net.bias else
+           "out_err = yhat - y : 1    # output error, dl/dyhat\n") +
         "sample : integer (constant)\nunit : integer (constant)", None,
         f"clamped target, {batch} samples x {d_out} units"))
 
@@ -248,7 +256,7 @@ def model_spec(cfg: Config) -> ModelSpec:
         "rates", rates_code(net.activation), SLOT_RATES_GS if gauss_seidel else SLOT_RATES_EXPLICIT,
         "rate phi(h) and slope phi'(h), once per step, read by the synapses")]
     if gauss_seidel:
-        dual = _dual_code(cfg, leaky, has_lambda, n_primal)
+        dual = _dual_code(cfg, leaky, has_lambda, n_primal, net.bias)
         if dual:
             operations.append(OperationSpec(
                 "dual", dual, SLOT_DUAL,

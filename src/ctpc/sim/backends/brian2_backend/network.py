@@ -120,6 +120,15 @@ def assemble_objects(spec: ModelSpec, cfg, model: Model, p: Params, record_every
     resid0 = model.dyn.residuals(S0, p)
     h0 = S0[POP_H, :, 0].cpu().numpy()
     pred0 = (S0[POP_H] - resid0.r)[:, 0].cpu().numpy()
+    y_hat0 = resid0.y_hat[0].cpu().numpy()
+    biases = model.weights.biases(0)
+    if biases is not None:     # b is its own constant; pred and yhat hold the synaptic part
+        biases = [bias.cpu().numpy() for bias in biases]
+        for l, grp in enumerate(layers):
+            grp.b = np.tile(biases[l], b).astype(dtype)
+            pred0[l] -= biases[l]
+        groups["output"].b = np.tile(biases[-1], b).astype(dtype)
+        y_hat0 = y_hat0 - biases[-1]
     rates = next(op.code for op in spec.operations if op.name == "rates")
     for l, grp in enumerate(layers):
         grp.h = h0[l].ravel().astype(dtype)
@@ -128,7 +137,7 @@ def assemble_objects(spec: ModelSpec, cfg, model: Model, p: Params, record_every
         for line in rates.splitlines():    # phi, dphi of the initial state, by Brian2 itself
             var, expr = (part.strip() for part in line.split("=", 1))
             setattr(grp, var, expr)
-    groups["output"].yhat = resid0.y_hat[0].cpu().numpy().ravel().astype(dtype)
+    groups["output"].yhat = y_hat0.ravel().astype(dtype)
 
     objects = list(groups.values())
     synapses = []
