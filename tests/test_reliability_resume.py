@@ -155,8 +155,13 @@ def _unusable_checkpoints(tmp: Path, good: Path) -> dict:
         "other weight shapes": (altered(weights=[torch.zeros(2, 2)] * 3), [], "does not fit"),
         "history of another length": (altered(history={"train_loss": torch.zeros(3, 1)}), [],
                                       "does not fit"),
-        "optimizer state of another run": (altered(optimizer={"state": {}, "param_groups": []}),
+        "optimizer state of another run": (altered(opt_state={"step": [], "exp_avg": [],
+                                                              "exp_avg_sq": []}),
                                            [], "does not fit"),
+        "optimizer state of another optimiser": (altered(opt_state={"momentum_buffer": [None]}),
+                                                 [], "does not fit"),
+        "format 2, optimizer state of another run": (altered(
+            format=2, optimizer={"state": {}, "param_groups": []}), [], "does not fit"),
         "shortened": (lambda p: shutil.copyfile(good, p), ["training.max_updates=4"],
                       "cannot be shortened"),
     }
@@ -179,7 +184,11 @@ def test_unusable_checkpoint_is_exit_2_naming_it_and_the_fix(case, finished, tmp
 
 def test_checkpoint_holds_only_what_weights_only_loads(finished):
     blob = torch.load(companions(finished)[0], weights_only=True)     # raises otherwise
-    assert blob["format"] == 2 and blob["update"] == 8
+    assert blob["format"] == 3 and blob["update"] == 8
+    # the explicit optimiser state: Adam's step count and moments, one per parameter tensor
+    assert set(blob["opt_state"]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert all(len(v) == len(blob["weights"]) for v in blob["opt_state"].values())
+    assert [float(s) for s in blob["opt_state"]["step"]] == [8.0] * len(blob["weights"])
 
 
 # ============================================================ 2. reruns never destroy work
@@ -376,9 +385,9 @@ def test_resume_extends_an_interrupted_run(tmp_path, monkeypatch, capsys):
     from ctpc.training import checkpoint
     real_save = checkpoint.save
 
-    def save_then_stop(trainer, path, digest):
-        real_save(trainer, path, digest)
-        if trainer.state.update == 4:
+    def save_then_stop(path, learn, progress, digest):
+        real_save(path, learn, progress, digest)
+        if progress.update == 4:
             raise KeyboardInterrupt
     out, full = tmp_path / "cut.nc", tmp_path / "full.nc"
     with monkeypatch.context() as m:
@@ -389,6 +398,57 @@ def test_resume_extends_an_interrupted_run(tmp_path, monkeypatch, capsys):
     longer = ["training.checkpoint_every=4", "training.epochs=3"]
     assert outcome(train_main, targs(out, "--resume", sets=longer), capsys)[0] == 0
     assert outcome(train_main, targs(full, sets=longer), capsys)[0] == 0
+    same_run(full, out)
+
+
+@pytest.mark.parametrize("sets", [[], ["training.optimizer=sgd", "training.lr=0.05"]],
+                         ids=["adam", "sgd momentum"])
+def test_a_format_2_checkpoint_resumes_bit_for_bit(sets, tmp_path, monkeypatch, capsys):
+    """A checkpoint of format 2 (before the explicit training state: the weights and the
+    ``state_dict()`` of the torch.optim Adam / SGD object that stepped them) is converted on
+    load and resumes bit for bit. It is built the old way: the first 4 updates replayed with a
+    torch.optim object stepping the rule's gradients, which also gives the pure update's
+    weights and optimiser state of the format-3 checkpoint at update 4, to the bit."""
+    from ctpc.training import checkpoint, prepare_config
+    from ctpc.training.loop import Batches
+    from ctpc.training.setup import build_training
+    real_save = checkpoint.save
+
+    def save_then_stop(path, learn, progress, digest):
+        real_save(path, learn, progress, digest)
+        if progress.update == 4:
+            raise KeyboardInterrupt
+    out, full = tmp_path / "cut.nc", tmp_path / "full.nc"
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "save", save_then_stop)
+        assert outcome(train_main, targs(out, sets=sets), capsys)[0] == 130
+    path = companions(out)[0]
+    new = torch.load(path, weights_only=True)
+    assert new["format"] == 3 and new["update"] == 4
+    # the old way: a torch.optim object stepping the parameters in place
+    setup = build_training(prepare_config(MODEL, [*TINY, *sets]))
+    w, t = setup.model.weights, setup.training
+    params = [p.clone() for p in w.tensors]
+    opt = torch.optim.Adam(params, lr=setup.lr, betas=(0.9, 0.999), eps=1e-8) \
+        if t.optimizer == "adam" else torch.optim.SGD(params, lr=setup.lr, momentum=t.momentum)
+    batches = Batches(setup)
+    with torch.no_grad():
+        for u in range(4):
+            grads, _ = setup.rule(w.like(params), *batches(u))
+            for p, g in zip(params, grads.tensors):
+                p.grad = g
+            opt.step()
+    for i, p in enumerate(params):
+        assert torch.equal(p, new["weights"][i])
+        for name, saved in new["opt_state"].items():
+            assert torch.equal(opt.state[p][name].cpu(), saved[i]), name
+    old = {k: v for k, v in new.items() if k != "opt_state"}
+    torch.save({**old, "format": 2, "weights": [p.detach().clone() for p in params],
+                "optimizer": opt.state_dict()}, path)
+    code, _, err = outcome(train_main, targs(out, "--resume", sets=sets), capsys)
+    assert code == 0 and err == "", err
+    assert torch.load(path, weights_only=True)["format"] == 3       # rewritten as format 3
+    assert outcome(train_main, targs(full, sets=sets), capsys)[0] == 0
     same_run(full, out)
 
 

@@ -2,7 +2,7 @@
 
     import ctpc
     cfg = ctpc.load_config("models/pcalm_deep.yaml", ["integrator.steps=64"])   # resolved
-    ds = ctpc.simulate(cfg)                 # xarray.Dataset; see README "Dataset schema"
+    ds = ctpc.simulate(cfg)                 # xarray.Dataset; see docs/guide/dataset.md
     ds = ctpc.open_results("runs/pcalm_deep.nc")
     ds = ctpc.train("models/train_digits.yaml", out="runs/train_digits.nc")
 

@@ -41,7 +41,7 @@ def require(ds: xr.Dataset, *names: str) -> None:
     missing = [n for n in names if n not in ds.variables]
     if missing:
         raise KeyError(f"the dataset lacks {missing}; expected a ctpc run or sweep with the "
-                       "per-layer series of README 'Dataset schema'")
+                       "per-layer series of docs/guide/dataset.md")
 
 
 def with_units(da: xr.DataArray, units: str, long_name: str,

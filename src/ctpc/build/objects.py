@@ -40,7 +40,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             f"device: 'cuda' was asked for but this torch ({torch.__version__}) sees no CUDA GPU; "
-            "install a CUDA build of torch (README, 'Running on a GPU') or use --device cpu")
+            "install a CUDA build of torch (docs/guide/speed.md, 'Running on a GPU') or use --device cpu")
     return torch.device(name)
 
 

@@ -99,9 +99,9 @@ def _format_validation_error(err: ValidationError, where: str,
         got = e.get("input")
         if e["type"] == "extra_forbidden":
             near = _suggestion(e["loc"])
-            msg = (f"unknown key (did you mean {near}? see the config reference in README.md)"
+            msg = (f"unknown key (did you mean {near}? see the config reference, docs/reference/config.md)"
                    if near else
-                   "unknown key (check the spelling; see the config reference in README.md)")
+                   "unknown key (check the spelling; see the config reference, docs/reference/config.md)")
         elif path in MISSING_HINTS and (e["type"] == "missing" or got is None):
             msg = MISSING_HINTS[path]
         elif e["type"] == "int_parsing" and isinstance(got, str) and _looks_like_float(got):

@@ -5,7 +5,7 @@ the cells into one dataset whose sweep keys are dimensions.
                                      [--set key=value ...] [--dry-run] [--quiet]
 
     from ctpc.sweep import run_sweep, select_cell
-    ds = run_sweep("models/sweep_dt_scheme.yaml", out="runs/dt.nc")      # xarray.Dataset
+    ds = run_sweep("models/sweeps/depth_methods.yaml", out="runs/depth.nc")      # xarray.Dataset
     one = select_cell(ds, {"integrator.dt": 0.5, "integrator.scheme": "heun"})
 
 Every finished cell is written at once to ``OUT.cells/<hash>.nc`` (hash of the cell's full

@@ -4,7 +4,7 @@ Local (default): ``LocalCluster(processes=True, threads_per_worker=1)`` with one
 per core (or ``n_workers``), never more workers than cells. Each cell is one task; parallelism is
 across cells, so torch gets one thread per task (Dask also sets OMP_NUM_THREADS=1 in workers).
 Remote: ``Client("tcp://host:8786")`` to a cluster started by hand (``dask scheduler`` and
-``dask worker tcp://host:8786 --nthreads 1`` on each machine; see README "Sweeps"). The address
+``dask worker tcp://host:8786 --nthreads 1`` on each machine; see docs/guide/sweeps.md). The address
 is checked before anything starts (:func:`check_scheduler_address`), and a scheduler that is not
 there fails within seconds, not after the 20 s connection timeout; one that listens but is not
 a Dask scheduler (a web server, a socket that never answers) within HANDSHAKE_TIMEOUT_S more.

@@ -6,7 +6,7 @@
 Modules: ``setup`` (configs -> model, rule, optimiser settings, data on the device), ``rules``
 (BP, PC/PC-ALM inference + read-out, continuous plasticity), ``plasticity`` (the joint
 neuron-weight solvers), ``metrics`` (accuracy, MSE, cross-entropy, BP alignment), ``loop`` (the
-update loop, sync points, divergence), ``checkpoint`` (save, resume), ``dataset`` (history ->
+update loop, sync points, divergence), ``checkpoint`` (save, resume), ``history`` (history ->
 xarray).
 """
 from __future__ import annotations
@@ -150,14 +150,14 @@ def _train(cfg: Resolved, target: Path | None, what: str, *, resume: bool, overw
     setup = build_training(cfg)
     kwargs = {"progress": progress}
     if target is not None:
-        kwargs["checkpoint"] = lambda trainer: ckpt.save(trainer, path, digest)
-        if blob is not None:
-            kwargs = ckpt.restore(blob, kwargs, setup.model.weights.tensors, path, setup)
+        kwargs["checkpoint"] = lambda learn, run: ckpt.save(path, learn, run, digest)
+        if blob is not None:     # the checkpoint's state, checked against this run (exit 2)
+            kwargs = ckpt.restore(blob, kwargs, path, setup)
         elif overwrite:
             for p in existing:          # the replaced run: none of it stays beside the new one
                 p.unlink(missing_ok=True)
     with matmul_precision(cfg):
-        trainer = _trainer(setup, kwargs, path if blob is not None else None)
+        trainer = Trainer(setup, **kwargs)
         state = trainer.run()
     ds = training_dataset(setup, state, 0, command)
     if target is not None:
@@ -168,17 +168,6 @@ def _train(cfg: Resolved, target: Path | None, what: str, *, resume: bool, overw
         write_netcdf(ds, target)
         ds.attrs["path"] = str(target)
     return ds
-
-
-def _trainer(setup, kwargs: dict, resumed_from: Path | None) -> Trainer:
-    """The Trainer; a resumed checkpoint whose optimiser state does not fit is exit 2."""
-    if resumed_from is None:
-        return Trainer(setup, **kwargs)
-    try:
-        return Trainer(setup, **kwargs)
-    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
-        raise ConfigError(f"--resume: the checkpoint {str(resumed_from)!r} does not fit this "
-                          f"run (optimizer state: {exc}); {ckpt.FIX}") from None
 
 
 def train_replicas(cfgs: list[Config], progress: bool = False,

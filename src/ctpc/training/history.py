@@ -1,6 +1,6 @@
 """A training run's history -> its labelled ``xarray.Dataset`` (one per replica).
 
-Schema (README, "Training dataset"): per update ``train_loss``, ``grad_norm``, ``weight_norm``,
+Schema (docs/guide/training.md, "Output"): per update ``train_loss``, ``grad_norm``, ``weight_norm``,
 ``energy`` and the per-layer ``res_norm``, ``lam_norm``, ``credit_norm`` at the end of inference;
 per evaluation point ``train_acc``, ``test_acc``, ``train_mse``, ``test_mse``, ``train_ce``,
 ``test_ce``, ``bp_cos_global`` and per weight matrix ``bp_cos``, ``bp_relerr``.

@@ -5,7 +5,7 @@
     model_spec(cfg) -> ModelSpec             # the same description as data
     build(cfg, edit=None) -> Brian2Net       # the Brian2 objects, to extend in Brian2
 
-Modules: ``model`` (equations from the config), ``network`` (Brian2 objects and schedule),
+Modules: ``equations`` (equations from the config), ``network`` (Brian2 objects and schedule),
 ``coupling`` (the network_operation construction), ``methods`` (state updaters), ``targets``
 (code generation, build directory, compile errors), ``runner`` (run, record, divergence),
 ``text`` (printing).

@@ -21,7 +21,7 @@ from ctpc.common.schemes import SCHEMES
 
 # Convergence order of each Brian2 state-update method as Brian2 integrates a single equation
 # (``rk2`` is Brian2's midpoint method, not a ctpc scheme). The inter-layer coupling is first
-# order whatever the method: see the README, "Brian2 backend".
+# order whatever the method: see docs/guide/brian2.md.
 BRIAN2_METHOD_ORDER = {"euler": 1, "rk2": 2, "heun": 2, "rk4": 4}
 
 # The schedule inside one Brian2 time step (Brian2 slot, order). Brian2's own default puts every

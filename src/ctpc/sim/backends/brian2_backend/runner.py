@@ -234,7 +234,7 @@ def _collect(ctx: _Context, run: _Assembled, n_steps: int, timings: dict) -> Out
                    timings)
 
 
-# Measured (README, "Brian2 backend"): rk2/heun/rk4 converge at order 1.0 on brian2.
+# Measured (docs/guide/brian2.md): rk2/heun/rk4 converge at order 1.0 on brian2.
 FIRST_ORDER_NOTE = (
     "brian2: summed variables (predictions, feedback) are updated once per time step, so "
     "method {method!r} treats the inter-layer coupling at first order: the run converges at "
