@@ -113,14 +113,14 @@ def ctpc_rule(cfg, fused: bool, whole_max: int | None = None, mode: str = "unrol
     import ctpc.core.compiled
     from ctpc.core.integrators import make_solver
     from ctpc.build.objects import build_model
-    from ctpc.training.rules import FusedInferenceRule, InferenceRule
+    from ctpc.training.rules import CompiledInferenceRule, InferenceRule
 
     loaded = ctpc.load_config(cfg)
     model = build_model([loaded])
     it = loaded.integrator
     solver = make_solver(model.dyn, it.scheme)
     args = (model.dyn, solver, it.n_steps, model.rates, "pcalm")
-    rule = (FusedInferenceRule(*args, batch_size=model.x.shape[1], mode=mode, dt=model.dt)
+    rule = (CompiledInferenceRule(*args, batch_size=model.x.shape[1], mode=mode, dt=model.dt)
             if fused else InferenceRule(*args, dt=model.dt))
 
     def run():

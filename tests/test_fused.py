@@ -19,7 +19,7 @@ import torch
 import ctpc
 import ctpc.core.compiled as fused_mod
 from ctpc.training import train_replicas
-from ctpc.training.rules import FusedInferenceRule, InferenceRule, PlasticRule
+from ctpc.training.rules import CompiledInferenceRule, InferenceRule, PlasticRule
 from ctpc.training.setup import build_training
 
 TOL = 1e-12
@@ -126,7 +126,7 @@ def _check_fused_update(over: dict):
     compiled rule's statistics."""
     fused = build_training(ctpc.load_config(config(**over)))
     eager = build_training(ctpc.load_config(config(**{**over, "integrator__compile": False})))
-    assert isinstance(fused.rule, FusedInferenceRule)
+    assert isinstance(fused.rule, CompiledInferenceRule)
     assert type(eager.rule) is InferenceRule
     x, y = fused.train.x[:4][None], fused.train.y[:4][None]
     with torch.no_grad():
@@ -176,14 +176,14 @@ def test_which_rule_runs():
     """The fused program serves what it implements; everything else keeps the eager rule."""
     def rule(**over):
         return build_training(ctpc.load_config(config(**over))).rule
-    assert isinstance(rule(), FusedInferenceRule) and rule().mode == "unrolled"
+    assert isinstance(rule(), CompiledInferenceRule) and rule().mode == "unrolled"
     assert rule(integrator__compile="unrolled").mode == "unrolled"
     assert rule(integrator__compile="loop").mode == "loop"
     assert type(rule(integrator__compile=False)) is InferenceRule
     with pytest.raises(ctpc.ConfigError, match="integrator.compile"):
         rule(integrator__compile="loops")
     assert isinstance(rule(integrator__scheme="semi_implicit", integrator__budget=None,
-                           integrator__steps=3), FusedInferenceRule)
+                           integrator__steps=3), CompiledInferenceRule)
     assert type(rule(integrator__scheme="rk4", integrator__budget=None, integrator__steps=3,
                      integrator__dt=0.1)) is InferenceRule
     assert type(rule(dynamics__tau_e=2.0, integrator__scheme="semi_implicit",

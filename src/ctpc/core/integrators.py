@@ -42,7 +42,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from ctpc.core.dynamics import POP_ERR, POP_H, POP_LAM, Dynamics, Params, Scalar
-from ctpc.core import compiled as fused
+from ctpc.core import compiled as compiled_programs
 from ctpc.core.network import Residuals, layer_prediction, output_error
 from ctpc.common.schemes import SchemeInfo, scheme as scheme_info
 
@@ -340,13 +340,13 @@ def _compiled_advance(solver: "GaussSeidel", c: GSCarry, p: Params, dt: Scalar, 
     """n steps by the compiled pure form of the step (:func:`ctpc.core.compiled.steps`; as
     :func:`ctpc.core.compiled.pieces` splits them), written back into the carry's buffers."""
     net = solver.dyn.net
-    fn = fused.compiled("steps_batch_layout", c.h.device.type,
-                        fused.is_small(net.width, c.out_err.shape[-1]))
+    fn = compiled_programs.compiled("steps_batch_layout", c.h.device.type,
+                                    compiled_programs.is_small(net.width, c.out_err.shape[-1]))
     as_t = lambda v: torch.as_tensor(v, device=c.h.device, dtype=c.h.dtype)
     k = p.rates
     rates = as_t(k.rho), as_t(dt * k.k_h), as_t(dt * k.k_lam)
     out = (c.h, c.lam, c.r, c.a, c.out_err)
-    programs = fused.pieces(n)      # long runs in chunks: compile time independent of n
+    programs = compiled_programs.pieces(n)      # long runs in chunks: compile time independent of n
     for i, m in enumerate(programs, start=1):
         out = fn(*out, p.drive, p.y, p.weights.w_mid, p.weights.w_out, *rates,
                  b_hid=p.weights.b_hid, b_out=p.weights.b_out, s_mid=net.s_mid,

@@ -85,7 +85,7 @@ class InferenceRule:
                                   rms_norm(credit))
 
 
-class FusedInferenceRule(InferenceRule):
+class CompiledInferenceRule(InferenceRule):
     """:class:`InferenceRule` with the whole presentation (start, steps, read-out, statistics)
     as one compiled program (:mod:`ctpc.core.compiled`; ``mode``: ``integrator.compile``'s
     'unrolled' or 'loop', see :func:`ctpc.core.compiled.run_presentation`), for batches of

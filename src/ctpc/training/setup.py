@@ -17,7 +17,7 @@ from ctpc.build.objects import Model, build_model, resolve_device
 from ctpc.build.resolved import Resolved
 from ctpc.common.schemes import scheme as scheme_info
 from ctpc.training.plasticity import plastic_solver
-from ctpc.training.rules import BPRule, FusedInferenceRule, InferenceRule, PlasticRule
+from ctpc.training.rules import BPRule, CompiledInferenceRule, InferenceRule, PlasticRule
 
 
 def training_config(cfg: Config) -> TrainingConfig:
@@ -101,10 +101,10 @@ def make_rule(cfg: Config, model: Model):
     it, t = cfg.integrator, _training(cfg)
     solver = make_solver(model.dyn, it.scheme, inner_steps=it.inner_steps,
                          weight_credit_timing=it.weight_credit_timing)
-    if fusable(cfg, model.net.device):
+    if compilable(cfg, model.net.device):
         check_compiler()
         keep_freed_buffers()
-        return FusedInferenceRule(model.dyn, solver, it.n_steps, model.rates,
+        return CompiledInferenceRule(model.dyn, solver, it.n_steps, model.rates,
                                   cfg.dynamics.method, cfg.data.batch_size, it.compile_mode,
                                   dt=model.dt)
     rule = InferenceRule(model.dyn, solver, it.n_steps, model.rates, cfg.dynamics.method,
@@ -114,7 +114,7 @@ def make_rule(cfg: Config, model: Model):
     return rule
 
 
-def fusable(cfg: Config, device: torch.device) -> bool:
+def compilable(cfg: Config, device: torch.device) -> bool:
     """Whether a PC / PC-ALM training update runs as one compiled presentation
     (:mod:`ctpc.core.compiled`): ``integrator.compile`` (true, 'unrolled' or 'loop') on the CPU, a
     Gauss-Seidel scheme, instantaneous error neurons, no continuous plasticity. (Elsewhere
@@ -128,12 +128,12 @@ def fusable(cfg: Config, device: torch.device) -> bool:
 def check_machine(cfg: Config) -> None:
     """What a training run of ``cfg`` refuses on the machine that runs it, before building
     anything (ConfigError): its device (:func:`ctpc.build.objects.resolve_device`), CUDA graphs off
-    CUDA, and a compiled presentation (:func:`fusable`) without a C++ compiler."""
+    CUDA, and a compiled presentation (:func:`compilable`) without a C++ compiler."""
     device = resolve_device(cfg.device)
     if _training(cfg).cuda_graph and device.type != "cuda":
         raise ConfigError("training.cuda_graph: true needs a CUDA device; this run is on the "
                           "CPU (set device: cuda on a GPU machine, or cuda_graph: false)")
-    if cfg.dynamics.method != "bp" and fusable(cfg, device):
+    if cfg.dynamics.method != "bp" and compilable(cfg, device):
         check_compiler()
 
 
