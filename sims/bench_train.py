@@ -38,9 +38,7 @@ def setup(width, depth, batch, compile_):
         "dynamics": {"method": "pcalm", "state_lr": 0.25, "alpha": 1.0},
         "integrator": {"scheme": "discrete", "dt": 1.0, "budget": "auto", "compile": compile_},
         "training": {"epochs": 1000, "checkpoint_every": None}})
-    trainer = Trainer(build_training(cfg))
-    trainer._set_dead()
-    return trainer
+    return Trainer(build_training(cfg))
 
 
 def main():
@@ -54,12 +52,12 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     tr = setup(a.width, a.depth, a.batch, a.compile)
-    x, y = tr._batch(0)
+    x, y = tr.batches(0)
     counter = {"u": 0}
 
     def rule_only():
         with torch.no_grad():
-            tr.s.rule(tr.weights, x, y)
+            tr.s.rule(tr.learn.params, x, y)
 
     def whole_update():
         with torch.no_grad():

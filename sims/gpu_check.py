@@ -96,9 +96,7 @@ def trainer(data: Path, n, l, t, b, *, replicas=1, graph=False, dtype="float32",
         "integrator": {"scheme": "discrete", "dt": 1.0, "budget": t},
         "training": {"epochs": 10_000, "checkpoint_every": None, "cuda_graph": graph}})
         for s in range(replicas)]
-    tr = Trainer(build_training(cfgs))
-    tr._set_dead()
-    return tr
+    return Trainer(build_training(cfgs))
 
 
 def time_cuda(fn, repeats: int = 20, warmup: int = 5) -> float:
@@ -130,8 +128,9 @@ def step_fn(tr):
 def tf32_cosine_cost(tr32) -> dict:
     """BP cosine of the read-out (probe batch) in TF32 against float32, same weights."""
     from ctpc.training.metrics import probe_alignment
-    net, w = tr32.s.model.net, tr32.weights
-    x, y = tr32.probe
+    from ctpc.training.loop import probe_batch
+    net, w = tr32.s.model.net, tr32.learn.params
+    x, y = probe_batch(tr32.s)
     with torch.no_grad():
         cos32, _, g32 = probe_alignment(tr32.s.rule, net, w, x, y)
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import ctpc
-from ctpc.training.graphs import _optimizer_state, _restore_in_place
+from ctpc.training.graphs import GraphedUpdate, copy_state_, static_state
 
 from conftest import small_config
 
@@ -107,30 +107,46 @@ def test_cuda_graph_refused_on_the_cpu(tmp_path, capsys):
         ctpc.train(cfg)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_warmup_undo_restores_a_fresh_optimiser(optimizer):
-    """What the capture relies on, checked on the CPU: after warm-up steps, restoring the
-    optimiser state in place makes its next step equal a fresh optimiser's first step."""
-    make = {"adam": lambda p: torch.optim.Adam(p, lr=0.1),
-            "sgd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)}[optimizer]
-    w = torch.randn(5, 3, dtype=torch.float64)
-    fresh_w = w.clone()
-    opt, fresh = make([w]), make([fresh_w])
-    before = _optimizer_state(opt)
-    state_tensors = None
-    for _ in range(3):                      # warm-up
-        w.grad = torch.randn_like(w)
-        opt.step()
-        state_tensors = {k: v for k, v in opt.state[w].items() if torch.is_tensor(v)}
-    w.copy_(fresh_w)
-    _restore_in_place(opt, before)
-    # the same tensor objects (the graph's addresses), now holding a fresh state
-    assert all(opt.state[w][k] is v for k, v in state_tensors.items())
-    g = torch.randn_like(w)
-    w.grad, fresh_w.grad = g.clone(), g.clone()
-    opt.step()
-    fresh.step()
-    torch.testing.assert_close(w, fresh_w, rtol=0, atol=1e-15)
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "sgd without momentum"])
+def test_graph_state_protocol_on_the_cpu(optimizer):
+    """What the capture relies on, checked on the CPU with the graph's replay played by the
+    update itself: warm-up updates leave the static input state as it is (the update is pure);
+    an update from the static state (SGD's missing buffers made zero), copied back into it in
+    place, keeps its tensor objects (the graph's addresses) and follows the eager trajectory
+    exactly, also after a state from outside (frozen replicas) is copied in."""
+    from functools import partial
+    from ctpc.training import prepare_config
+    from ctpc.training.loop import Batches
+    from ctpc.training.setup import build_training
+    from ctpc.training.update import Optimiser, freeze, update
+    cfg = small_config(**TRAIN, device="cpu")
+    cfg["training"] = {**cfg["training"], "optimizer": optimizer.split()[0]}
+    if optimizer != "adam":
+        cfg["training"]["momentum"] = 0.0 if "without" in optimizer else 0.9
+    setup = build_training(prepare_config(cfg))
+    step = partial(update, rule=setup.rule, optimiser=Optimiser.of(setup))
+    batches = Batches(setup)
+    eager = Optimiser.of(setup).init(setup.model.weights)
+    with torch.no_grad():
+        static = static_state(eager)
+        before = [t.clone() for t in static.tensors()]
+        for _ in range(3):                                   # the warm-up
+            step(static, *batches(0))
+        for a, b in zip(static.tensors(), before):
+            assert torch.equal(a, b)
+        addresses = [t.data_ptr() for t in static.tensors()]
+        for u in range(4):
+            out, _ = step(static, *batches(u))                # the "replay"
+            copy_state_(static, out)
+            eager, _ = step(eager, *batches(u))
+            if u == 1:                                        # a state from outside
+                eager = freeze(eager, setup.model.weights, torch.tensor([0]))
+                copy_state_(static, eager)
+            assert [t.data_ptr() for t in static.tensors()] == addresses
+            for a, b in zip(static.params.tensors, eager.params.tensors):
+                assert torch.equal(a, b)
+    with pytest.raises(ctpc.ConfigError, match="cuda_graph"):
+        GraphedUpdate(step, torch.device("cpu"))
 
 
 def test_gpu_check_script_runs_and_marks_skipped_parts(tmp_path):

@@ -68,11 +68,12 @@ def assert_identical(a, b):
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_update_does_not_modify_its_input_state(case):
     setup = setup_of(case)
+    assert setup.rule.plastic == (case == "pc plastic")
     s0 = Optimiser.of(setup).init(setup.model.weights)
     s2 = run(setup, s0, 2)[0][-1]             # a state with a non-trivial optimiser state
     for state in (s0, s2):
         before = [t.clone() for t in tensors(state)]
-        new, _ = run(setup, state, 1, start=2)[0][0], None
+        new = run(setup, state, 1, start=2)[0][0]
         assert_identical(tensors(state), before)
         assert new is not state and new.params is not state.params
         # no tensor of the new state is (a view of) one of the input's

@@ -40,8 +40,8 @@ from ctpc.training.update import LearnState, Optimiser
 # torch.optim state_dict() (read, converted); 3: the LearnState's optimiser tensors by field
 FORMAT = 3
 READS = (2, 3)
-COMMON = ("digest", "update", "weights", "history", "evals", "diverged", "elapsed_s",
-          "train_s", "torch_rng")
+COMMON = ("digest", "update", "weights", None, "history", "evals", "diverged", "elapsed_s",
+          "train_s", "torch_rng")        # None: the optimiser state's key (by format)
 FIX = "rerun with --overwrite instead of --resume to start the run afresh"
 
 
@@ -154,7 +154,7 @@ def load(path: Path, digest: str) -> dict:
         raise ConfigError(f"{where} has format {blob['format']!r}, which this version of ctpc "
                           f"(format {FORMAT}) does not read; {FIX}")
     opt_key = "opt_state" if blob["format"] == 3 else "optimizer"
-    missing = [k for k in (*COMMON, opt_key) if k not in blob]
+    missing = [k for k in (opt_key if k is None else k for k in COMMON) if k not in blob]
     if missing:
         raise ConfigError(f"{where} is incomplete (no {', '.join(missing)}); {FIX}")
     if blob["digest"] != digest:

@@ -200,7 +200,7 @@ class Trainer:
                    disable=not self.progress, desc=f"{s.cfg.name or 'ctpc'} {s.rule.method}")
         last_refresh = time.monotonic()
         with torch.no_grad(), bar:
-            while done < s.total_updates and not self.dead_mask().all():
+            while done < s.total_updates and len(self.dead) < s.replicas:
                 t_u = time.perf_counter()
                 self._update(done)
                 done += 1

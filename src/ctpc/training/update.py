@@ -79,9 +79,10 @@ def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-# adam()'s decoupled_weight_decay exists from torch 2.6 on; Adam.step passes it False
-_ADAM_FLAGS = ({"decoupled_weight_decay": False} if "decoupled_weight_decay" in
-               inspect.signature(adam_functional).parameters else {})
+# flags of adam() that not every torch >= 2.2 has; Adam.step passes them False for real
+# parameters (has_complex) and by default (decoupled_weight_decay, from torch 2.6 on)
+_ADAM_FLAGS = {k: False for k in ("has_complex", "decoupled_weight_decay")
+               if k in inspect.signature(adam_functional).parameters}
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ class Optimiser:
                 adam_functional(
                     p, g, m, v, [], steps, foreach=None, capturable=self.capturable,
                     differentiable=False, fused=None, grad_scale=None, found_inf=None,
-                    has_complex=any(torch.is_complex(t) for t in p), **_ADAM_FLAGS,
+                    **_ADAM_FLAGS,
                     amsgrad=False, beta1=BETAS[0], beta2=BETAS[1], lr=self.lr,
                     weight_decay=0, eps=EPS, maximize=False)
                 new = AdamState(tuple(steps), tuple(m), tuple(v))
