@@ -116,20 +116,15 @@ def test_energy_definition_against_plain_sums(bias):
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_many_slot_readout_equals_one_slot_at_a_time(bias):
-    """The recorder reads out k slots in one call; each slot must equal the definition on its
-    own batch."""
-    from ctpc.sim.recording import Recorder
+    """The recorder reads out k slots in one call (weight_readout_slots); each slot must equal
+    the definition on its own batch."""
     net, w, x, y, h, lam = case(bias)
     k = 3
     gen = torch.Generator().manual_seed(9)
     g = torch.randn(h.shape[0], h.shape[1], k * h.shape[2], h.shape[3], generator=gen, dtype=dt)
     a = torch.randn(g.shape, generator=gen, dtype=dt)
     out_err = torch.randn(x.shape[0], k, x.shape[1], y.shape[-1], generator=gen, dtype=dt)
-
-    class Stub:                      # what _slot_weight_gradients reads of a Recorder
-        dyn = Dynamics(net, leaky=False)
-        _p = type("P", (), {"x": x})()
-    many = Recorder._slot_weight_gradients(Stub(), a, g, out_err, k)
+    many = nw.weight_readout_slots(g, a, out_err, x, k, (net.s_in, net.s_mid, net.s_out), bias)
     B = x.shape[1]
     for s in range(k):
         sl = slice(s * B, (s + 1) * B)

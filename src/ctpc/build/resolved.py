@@ -159,6 +159,7 @@ class Resolved(_Frozen, Config):
     ``auto`` value filled, every check made, immutable. :attr:`found`: what resolving found."""
     model_config = ConfigDict(frozen=True)
     _found: Found = PrivateAttr(default_factory=Found)
+    _yaml: str | None = PrivateAttr(default=None)
 
     @classmethod
     def model_validate(cls, *_args, **_kwargs):
@@ -170,6 +171,13 @@ class Resolved(_Frozen, Config):
     @property
     def found(self) -> Found:
         return self._found
+
+    def to_yaml(self) -> str:
+        """:meth:`Config.to_yaml`, written once: a resolved config never changes, and every
+        output file of its run stores this text (~1 ms of YAML each time otherwise)."""
+        if self._yaml is None:
+            self.__pydantic_private__["_yaml"] = super().to_yaml()
+        return self._yaml
 
     @property
     def config_file(self) -> Path | None:

@@ -507,6 +507,37 @@ def weight_readout(g: torch.Tensor, a: torch.Tensor, out_err: torch.Tensor, x: t
     return Weights(*w.tensors, g.mean(-2, keepdim=True).neg_(), out_err.mean(-2, keepdim=True))
 
 
+def weight_readout_slots(g: torch.Tensor, a: torch.Tensor, out_err: torch.Tensor,
+                         x: torch.Tensor, k: int, scales: tuple[float, float, float],
+                         bias: bool, scratch=None) -> "Weights":
+    """:func:`weight_readout` of k slots at once, restated for speed (the recorder reads out a
+    chunk of recorded steps per call): g, a [H, R, k*B, N] hold k groups of B samples
+    (slot-major), out_err [R, k, B, O], x [R, B, D] shared by every slot. The k slots' W_1
+    credit is one [k N, B] operand against the shared input (one product, no copy of x).
+    Returns each tensor with a slot axis after its replica axis (w_in [R, k, N, D], w_mid
+    [H-1, R, k, N, N], w_out [R, k, O, N], b_hid [H, R, k, 1, N], b_out [R, k, 1, O]).
+    ``scratch(name, like, *shape)``: a buffer to write into (reused by the caller), else new."""
+    s_in, s_mid, s_out = scales
+    H, R, kB, N = g.shape
+    B, D, O = kB // k, x.shape[-1], out_err.shape[-1]
+    buf = scratch or (lambda name, like, *shape: like.new_empty(shape))
+    per_slot = lambda t: t.unflatten(-2, (k, B))
+    g0 = buf("g0", g, R, k * N, B)
+    g0.view(R, k, N, B).copy_(per_slot(g[0]).transpose(-1, -2))
+    g_in = torch.bmm(g0, x, out=buf("g_in", g, R, k * N, D))
+    hi, lo = per_slot(g[1:]).flatten(0, 2), per_slot(a[:-1]).flatten(0, 2)
+    g_mid = torch.bmm(hi.transpose(1, 2), lo, out=buf("g_mid", g, (H - 1) * R * k, N, N))
+    g_out = torch.bmm(out_err.flatten(0, 1).transpose(1, 2), per_slot(a[-1]).flatten(0, 1),
+                      out=buf("g_out", g, R * k, O, N))
+    w = Weights(g_in.mul_(-s_in / B).view(R, k, N, D),
+                g_mid.mul_(-s_mid / B).view(H - 1, R, k, N, N),
+                g_out.mul_(s_out / B).view(R, k, O, N))
+    if not bias:
+        return w
+    return Weights(*w.tensors, per_slot(g).mean(-2, keepdim=True).neg_(),
+                   out_err.mean(-2, keepdim=True))
+
+
 def _bias(b_hid: torch.Tensor | None, layer: int) -> torch.Tensor | None:
     """b_{layer+1} [R, 1, N] of hidden layer ``layer`` (0-based), or None."""
     return None if b_hid is None else b_hid[layer]

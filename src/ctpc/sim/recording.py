@@ -18,7 +18,7 @@ from ctpc.build.resolved import Resolved
 from ctpc.config.schema import Config
 from ctpc.core.dynamics import POP_H, POP_LAM, Dynamics, Params
 from ctpc.results.memory import RECORD_CHUNK_BYTES, check_trace_size, record_slot_bytes
-from ctpc.core.network import Residuals, Weights, energy, loss, phi_into, weight_readout
+from ctpc.core.network import Residuals, Weights, energy, loss, phi_into, weight_readout_slots
 from ctpc.core.reference import BPReference
 from ctpc.results.run_result import SERIES_LAYER, SERIES_SCALAR, SERIES_WEIGHT, RunResult
 
@@ -286,21 +286,14 @@ class Recorder:
 
     def _slot_weight_gradients(self, a: torch.Tensor, g: torch.Tensor, out_err: torch.Tensor,
                                k: int) -> Weights:
-        """:meth:`Network.weight_gradients` of k slots at once: a, g [H, R, k*B, N] hold k
-        groups of B samples (slot-major), out_err = y_hat - y [R, k, B, O]; the input x
-        [R, B, D] is shared by every slot. The k slots ride the replica axis of one call of
-        the read-out's definition (:func:`ctpc.core.network.weight_readout`); returns each
-        tensor with a slot axis after its replica axis (w_in [R, k, N, D], w_mid
-        [H-1, R, k, N, N], w_out [R, k, O, N], ...): each slot's batch-mean read-out."""
-        net, x = self.dyn.net, self._p.x
-        H, R, kB, N = g.shape
-        B = kB // k
-        as_replicas = lambda t: t.unflatten(-2, (k, B)).flatten(1, 2)    # [H, R k, B, N]
-        xs = x.unsqueeze(1).expand(R, k, *x.shape[1:]).reshape(R * k, *x.shape[1:])
-        grads = weight_readout(as_replicas(g), as_replicas(a), out_err.flatten(0, 1), xs,
-                               (net.s_in, net.s_mid, net.s_out), net.bias)
-        return grads.like(t.unflatten(axis, (R, k))
-                          for t, axis in zip(grads.tensors, grads.replica_axes))
+        """The read-out of k slots at once (:func:`ctpc.core.network.weight_readout_slots`,
+        the restatement of :func:`~ctpc.core.network.weight_readout` for many slots) into
+        this recorder's scratch buffers: a, g [H, R, k*B, N] hold k groups of B samples,
+        out_err = y_hat - y [R, k, B, O]. Returns each tensor with a slot axis after its
+        replica axis: each slot's batch-mean read-out."""
+        net = self.dyn.net
+        return weight_readout_slots(g, a, out_err, self._p.x, k,
+                                    (net.s_in, net.s_mid, net.s_out), net.bias, self._scratch)
 
     def record(self, step: int, S: torch.Tensor, p: Params, resid=None) -> None:
         """Record the state at ``step`` (every replica) in the next free slot: staged now,
