@@ -683,7 +683,7 @@ def _env() -> dict:
 
 WEAKREF_SIGNAL = """
 import os, signal, sys, time, weakref
-from ctpc import cli
+from ctpc.cli import common as cli
 class Thing: pass
 def body():
     thing = Thing()

@@ -102,7 +102,12 @@ class Optimiser:
         if setup.rule.plastic:
             return Optimiser("none", setup.lr)
         if t.optimizer == "adam":
-            return Optimiser("adam", setup.lr, capturable=t.cuda_graph)
+            # On a GPU always the capturable form, with or without a CUDA graph: its step count
+            # lives on the device in float32 and its arithmetic differs from the CPU form by
+            # ~1e-7, so graph and eager training follow the same trajectory (the GPU run of
+            # 2026-12-04 found them 1e-6 apart when only the graph used it).
+            on_gpu = setup.model.net.device.type == "cuda"
+            return Optimiser("adam", setup.lr, capturable=t.cuda_graph or on_gpu)
         return Optimiser("sgd", setup.lr, momentum=t.momentum)
 
     # ------------------------------------------------------------------ states
