@@ -167,13 +167,16 @@ def test_every_cell_is_checked_before_any_cell_runs(name, base, spec, needles, t
     assert not (tmp_path / "o.cells").exists() and not (tmp_path / "o.nc").exists()
 
 
-def test_a_missing_compiler_is_found_at_planning(tmp_path, no_cluster, capsys, monkeypatch):
+def test_a_missing_compiler_is_found_at_planning(tmp_path, no_cluster, capsys):
     """integrator.compile on the CPU needs a C++ compiler (checked when training sets up its
     rule, in the worker): now at planning, for the compiled cells only."""
     from torch._inductor import config as inductor_config
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/ctpc-test-g++",))
     cfg = write(tmp_path, TRAIN, {"integrator.compile": [False, "loop"]})
-    code, _, err = run_cli([cfg, "--out", tmp_path / "o.nc", "--quiet"], capsys)
+    # inductor's own patch: monkeypatch.setattr on its config proxy undoes itself with a
+    # delattr, which removes cpp.cxx for every later test of the process (then every compile
+    # fails with "cpp.cxx does not exist")
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/ctpc-test-g++",)}):
+        code, _, err = run_cli([cfg, "--out", tmp_path / "o.nc", "--quiet"], capsys)
     assert code == 2, err
     assert "sweep cell (integrator.compile='loop')" in err and "no C++ compiler" in err, err
 
