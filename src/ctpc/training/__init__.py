@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ctpc.config.schema import Config, ConfigError, TrainingConfig
+from ctpc.config.schema import Config, ConfigError
 from ctpc.config.paths import OutputError
 from ctpc.results.dataset import write_netcdf
 from ctpc.config.paths import TRAINING_COMPANIONS, check_outputs, run_inputs, write_atomically
