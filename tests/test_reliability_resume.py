@@ -565,3 +565,16 @@ def test_training_divergence_message_says_what_became_non_finite(tmp_path, capsy
     u = ctpc.open_results(out).attrs["diverged_at_update"]
     assert line.startswith(f"ctpc.train: training DIVERGED at update {u}: the "), line
     assert "became non-finite (NaN or inf)" in line and "or the weights became" not in line
+
+
+def test_simulate_overwrite_of_a_training_run_removes_its_companions(finished, tmp_path):
+    """A simulation that replaces a training run (--overwrite) leaves none of that run's files:
+    its weights and checkpoint would otherwise sit beside a file they do not belong to."""
+    from ctpc.config.paths import companion_path
+    out = tmp_path / "t.nc"
+    copy_run(finished, out)
+    companions = [companion_path(out, k) for k in ("weights", "checkpoint")]
+    assert any(p.exists() for p in companions)
+    ds = ctpc.simulate(SIM, out=out, overwrite=True)
+    assert "update" not in ds.dims and out.exists()
+    assert not any(p.exists() for p in companions)

@@ -98,6 +98,12 @@ def _run(cfg: Resolved, target: Path | None, what: str, *, overwrite: bool, prog
             if stream is not None and progress:
                 print(f"ctpc: writing {target} from the streamed records", file=sys.stderr)
             write_netcdf(ds, target, progress=progress and stream is not None)
+            if overwrite and target.name.endswith(".nc"):
+                # the run just replaced may have been a training run: its weights and
+                # checkpoint belong to it, not to this simulation (removed only now that
+                # the new file is in place, so a failed run loses nothing)
+                for kind in TRAINING_COMPANIONS:
+                    companion_path(target, kind).unlink(missing_ok=True)
     finally:
         if stream is not None:
             stream.remove()
