@@ -205,8 +205,7 @@ def test_brian2_agrees_with_torch_with_biases(tmp_path, construction):
         assert float(np.abs(b[v].values - t[v].values).max()) <= 1e-9 * scale, v
 
 
-def test_the_weights_file_format_with_biases(tmp_path, capsys):
-    from ctpc.cli.simulate import main
+def test_the_weights_file_format_with_biases(tmp_path):
     base = small_config(network={**NET}, integrator={"steps": 2})
     # biases in a file for a network without them: refused, naming the key to set
     f = weights_file(tmp_path / "w.npz")
@@ -221,7 +220,6 @@ def test_the_weights_file_format_with_biases(tmp_path, capsys):
     zero = ctpc.simulate({**base, "network": {**NET, "weights": str(z)}})
     none = ctpc.simulate({**base, "network": {**NET, "bias": False, "weights": str(z)}})
     np.testing.assert_array_equal(zero.h.values, none.h.values)
-    del main, capsys
 
 
 def test_training_with_biases_writes_and_reloads_them(tmp_path):

@@ -379,9 +379,9 @@ def test_resume_extends_a_run_bit_for_bit(first, then, tmp_path, capsys):
     same_run(full, ext)
 
 
-def test_resume_extends_an_interrupted_run(tmp_path, monkeypatch, capsys):
-    """An 8-update run interrupted right after its checkpoint at update 4, resumed with
-    training.epochs=3: the same as 12 updates from the start."""
+def _stop_after_checkpoint_4(out: Path, sets: list[str], monkeypatch, capsys) -> None:
+    """Train to ``out`` with ``sets``, interrupted (Ctrl-C, exit 130) right after the
+    checkpoint of update 4 is written."""
     from ctpc.training import checkpoint
     real_save = checkpoint.save
 
@@ -389,11 +389,16 @@ def test_resume_extends_an_interrupted_run(tmp_path, monkeypatch, capsys):
         real_save(path, learn, progress, digest)
         if progress.update == 4:
             raise KeyboardInterrupt
-    out, full = tmp_path / "cut.nc", tmp_path / "full.nc"
     with monkeypatch.context() as m:
         m.setattr(checkpoint, "save", save_then_stop)
-        assert outcome(train_main, targs(out, sets=["training.checkpoint_every=4"]),
-                       capsys)[0] == 130
+        assert outcome(train_main, targs(out, sets=sets), capsys)[0] == 130
+
+
+def test_resume_extends_an_interrupted_run(tmp_path, monkeypatch, capsys):
+    """An 8-update run interrupted right after its checkpoint at update 4, resumed with
+    training.epochs=3: the same as 12 updates from the start."""
+    out, full = tmp_path / "cut.nc", tmp_path / "full.nc"
+    _stop_after_checkpoint_4(out, ["training.checkpoint_every=4"], monkeypatch, capsys)
     assert not out.exists() and torch.load(companions(out)[0], weights_only=True)["update"] == 4
     longer = ["training.checkpoint_every=4", "training.epochs=3"]
     assert outcome(train_main, targs(out, "--resume", sets=longer), capsys)[0] == 0
@@ -409,19 +414,11 @@ def test_a_format_2_checkpoint_resumes_bit_for_bit(sets, tmp_path, monkeypatch, 
     load and resumes bit for bit. It is built the old way: the first 4 updates replayed with a
     torch.optim object stepping the rule's gradients, which also gives the pure update's
     weights and optimiser state of the format-3 checkpoint at update 4, to the bit."""
-    from ctpc.training import checkpoint, prepare_config
+    from ctpc.training import prepare_config
     from ctpc.training.loop import Batches
     from ctpc.training.setup import build_training
-    real_save = checkpoint.save
-
-    def save_then_stop(path, learn, progress, digest):
-        real_save(path, learn, progress, digest)
-        if progress.update == 4:
-            raise KeyboardInterrupt
     out, full = tmp_path / "cut.nc", tmp_path / "full.nc"
-    with monkeypatch.context() as m:
-        m.setattr(checkpoint, "save", save_then_stop)
-        assert outcome(train_main, targs(out, sets=sets), capsys)[0] == 130
+    _stop_after_checkpoint_4(out, sets, monkeypatch, capsys)
     path = companions(out)[0]
     new = torch.load(path, weights_only=True)
     assert new["format"] == 3 and new["update"] == 4

@@ -42,10 +42,8 @@ def config_key(cfg: Config, cache: dict | None = None, *, leave_out: tuple[str, 
         d.pop(k, None)
     leave_out = (*leave_out, *(k for k, unset in ADDED_KEYS.items() if _get(d, k) == unset))
     for dotted in leave_out:
-        *sections, last = dotted.split(".")
-        node = d
-        for s in sections:
-            node = node.get(s) if isinstance(node, dict) else None
+        parent, _, last = dotted.rpartition(".")
+        node = _get(d, parent) if parent else d
         if isinstance(node, dict):
             node.pop(last, None)
     digests = input_digests(cfg, cache)
