@@ -22,7 +22,9 @@ from ctpc.config.schema import Config, ConfigError
 NOT_HASHED = ("name", "description", "output", "sweep", "memory_limit_gb")
 # Keys added after runs were first keyed, hashed only when set to other than this value, so
 # that every run and sweep cell keyed before keeps its key.
-ADDED_KEYS = {"network.bias": False}
+ADDED_KEYS = {"network.bias": False, "dynamics.noise": {"h": 0.0, "e": 0.0, "lambda": 0.0},
+              "dynamics.delay": 0.0, "brian2.errors": "rate", "brian2.r_max": 1000.0,
+              "brian2.e_max": 1.0}
 # The length of a training run: a run extended with --resume keeps its identity.
 RUN_LENGTH = ("training.epochs", "training.max_updates")
 # What --resume may change: the length, and when checkpoints are saved (bit-identical results).

@@ -148,6 +148,23 @@ class DataConfig(_Strict):
         return self
 
 
+class NoiseConfig(_Strict):
+    """Independent white noise on each population (an Ito SDE; guide: biology). sigma is in
+    the variable's unit per sqrt(ms): over a step dt a neuron receives sigma sqrt(dt) N(0, 1)."""
+    model_config = ConfigDict(populate_by_name=True)
+    h: float = Field(0.0, ge=0, description="sigma_h, noise on the activity neurons "
+                                            "(1/sqrt(ms))")
+    e: float = Field(0.0, ge=0, description="sigma_e, noise on the error neurons (1/sqrt(ms)); "
+                                            "needs leaky error neurons (dynamics.tau_e > 0)")
+    lam: float = Field(0.0, ge=0, alias="lambda",
+                       description="sigma_lambda, noise on the multiplier neurons "
+                                   "(1/sqrt(ms)); not with method pc (no multipliers)")
+
+    @property
+    def active(self) -> bool:
+        return self.h > 0 or self.e > 0 or self.lam > 0
+
+
 class DynamicsConfig(_Strict):
     """The method and its time constants, either as tau_h/tau_lambda or as the paper's
     state_lr/alpha (spec sections 2-4)."""
@@ -169,6 +186,25 @@ class DynamicsConfig(_Strict):
                              "change of 1e-3; ~0.5-4 % below the true value), 'exact' = Lanczos "
                              "to 1e-12 (worst sample)")
     alpha: float | None = Field(None, ge=0, description="paper's alpha = dt/tau_lambda")
+    noise: NoiseConfig = Field(default_factory=NoiseConfig, description="white noise on the "
+                               "neurons (guide: biology); all 0 = deterministic")
+    delay: float = Field(0.0, ge=0, description="conduction delay (ms) between adjacent layers, "
+                         "for predictions going up and credit going down; a multiple of "
+                         "integrator.dt (guide: biology)")
+
+    @model_validator(mode="after")
+    def _noise_needs_its_neurons(self) -> "DynamicsConfig":
+        if self.noise.e > 0 and not self.tau_e > 0:
+            raise ValueError("dynamics.noise.e needs leaky error neurons: instantaneous ones "
+                             "(tau_e = 0) would carry white noise of infinite variance; set "
+                             "dynamics.tau_e > 0 or noise.e: 0")
+        if self.noise.lam > 0 and self.method == "pc":
+            raise ValueError("dynamics.noise.lambda applies to PC-ALM's multiplier neurons; "
+                             "method 'pc' has none. Remove it or set method: pcalm")
+        if (self.noise.active or self.delay > 0) and self.method == "bp":
+            raise ValueError("dynamics.noise and dynamics.delay act on the neuron dynamics; "
+                             "method 'bp' has none")
+        return self
 
     @model_validator(mode="after")
     def _one_parameterisation(self) -> "DynamicsConfig":
@@ -362,6 +398,14 @@ class Brian2Config(_Strict):
     build_dir: Path | None = Field(
         None, description="cython cache and cpp_standalone projects; null = "
                           "$XDG_CACHE_HOME/ctpc/brian2 (~/.cache/ctpc/brian2)")
+    errors: Literal["rate", "spiking"] = Field(
+        "rate", description="error neurons as rates (the ODE model) or as pairs of spiking "
+                            "neurons for the positive and negative part of e (guide: biology)")
+    r_max: float = Field(1000.0, gt=0, description="errors: spiking only: the largest firing "
+                                                   "rate (Hz), reached at |e| >= e_max")
+    e_max: float = Field(1.0, gt=0, description="errors: spiking only: the error at which a "
+                                                "neuron fires at r_max (the rate is r_max "
+                                                "min(1, |part of e| / e_max))")
 
 
 class Config(_Strict):
@@ -441,6 +485,10 @@ class Config(_Strict):
                              "continuous scheme (euler, semi_implicit, heun, rk4)")
         if self.backend == "brian2":
             _check_brian2(self)
+        elif self.brian2.errors != "rate":
+            raise ValueError("brian2.errors 'spiking' is a Brian2 model: set backend: brian2, "
+                             "or errors: rate")
+        _check_biology(self)
         if self.training is not None and self.training.plasticity == "continuous" and \
                 self.dynamics.method == "bp":
             raise ValueError("training.plasticity 'continuous' integrates the neurons' local "
@@ -476,7 +524,7 @@ class Config(_Strict):
 
     def to_dict(self) -> dict:
         """Plain dict (paths as strings, inf kept as float) that validates back to this Config."""
-        return _plain(self.model_dump(mode="python"))
+        return _plain(self.model_dump(mode="python", by_alias=True))
 
     def to_yaml(self) -> str:
         return yaml.dump(self.to_dict(), Dumper=_YAML_DUMPER, sort_keys=False)
@@ -485,6 +533,35 @@ class Config(_Strict):
 def _plain_name(name: str) -> str:
     plain = name.replace("/", "_").replace("\\", "_").strip("._")
     return plain or "run"
+
+
+def _check_biology(cfg: "Config") -> None:
+    """Noise and delays: the schemes and settings that implement them (guide: biology)."""
+    dyn, it = cfg.dynamics, cfg.integrator
+    if dyn.noise.active and it.scheme in ("rk4", "discrete"):
+        raise ValueError(
+            f"dynamics.noise: scheme {it.scheme!r} has no stochastic form ("
+            + ("rk4's order does not carry over to an SDE" if it.scheme == "rk4" else
+               "the paper's algorithm is deterministic") +
+            "); use euler or semi_implicit (Euler-Maruyama) or heun (stochastic Heun)")
+    if dyn.delay > 0:
+        k = dyn.delay / it.dt
+        if not math.isclose(k, round(k), rel_tol=1e-9, abs_tol=1e-9) or round(k) < 1:
+            near = max(1, round(k)) * it.dt
+            raise ValueError(f"dynamics.delay ({dyn.delay:g} ms) must be a whole number of "
+                             f"steps of integrator.dt ({it.dt:g} ms); the nearest valid delay "
+                             f"is {near:g} ms")
+        if dyn.noise.active:
+            raise ValueError("dynamics.noise and dynamics.delay together are not built yet; "
+                             "study one at a time")
+        if cfg.training is not None:
+            raise ValueError("dynamics.delay: training with conduction delays is not built; "
+                             "simulate delayed networks with python -m ctpc.simulate")
+
+
+def delay_steps(cfg: "Config") -> int:
+    """dynamics.delay in steps of integrator.dt (0: no delay)."""
+    return round(cfg.dynamics.delay / cfg.integrator.dt) if cfg.dynamics.delay > 0 else 0
 
 
 def _check_brian2(cfg: "Config") -> None:
@@ -498,6 +575,11 @@ def _check_brian2(cfg: "Config") -> None:
             f"brian2.method ({b2.method!r}) applies to the explicit schemes only; scheme "
             f"{scheme!r} is a fixed Gauss-Seidel schedule of Euler updates. Remove brian2.method "
             f"or set integrator.scheme to one of {explicit}")
+    if cfg.dynamics.delay > 0:
+        raise ValueError(
+            "dynamics.delay: the Brian2 backend couples layers through summed variables, which "
+            "Brian2 evaluates from the current state of the step and cannot delay (its synaptic "
+            "delays apply to spike events only); simulate delays with backend: torch")
     if b2.construction == "network_operation" and b2.target == "cpp_standalone":
         raise ValueError(
             "brian2.construction 'network_operation' runs Python code during the run, which "
