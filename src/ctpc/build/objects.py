@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from ctpc.build.resolved import require_resolved
-from ctpc.config.schema import Config, ConfigError
+from ctpc.config.schema import Config, ConfigError, delay_steps
 from ctpc.data import load_batch
 from ctpc.core.dynamics import Dynamics, Params, Rates, Scalar, per_replica
 from ctpc.core.network import Network, Weights, init_biases, init_weights
+from ctpc.core.noise import Noise, noise_of
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -119,7 +120,9 @@ def torch_dtype(name: str) -> torch.dtype:
 def shape_key(cfg: Config) -> tuple:
     net = cfg.network
     return (net.input_dim, net.width, net.depth, net.output_dim, net.activation,
-            cfg.data.batch_size, cfg.dtype, cfg.dynamics.tau_e > 0, cfg.cuda_tf32)
+            cfg.data.batch_size, cfg.dtype, cfg.dynamics.tau_e > 0, cfg.cuda_tf32,
+            cfg.dynamics.noise.active,        # noisy solvers run other code (sigma may differ)
+            delay_steps(cfg))                 # the delay's ring buffer has one slot per step
 
 
 @dataclass
@@ -132,6 +135,7 @@ class Model:
     y: torch.Tensor | None  # [R, B, O]
     rates: Rates
     dt: Scalar             # ms; a python float when shared, else [R, 1, 1]
+    noise: Noise | None = None   # dynamics.noise of the replicas (None: deterministic)
 
     @property
     def replicas(self) -> int:
@@ -185,5 +189,7 @@ def build_model(cfgs: Config | list[Config], device: torch.device | None = None,
         as_t = lambda arrays: torch.as_tensor(np.stack(arrays), device=device, dtype=dtype)
         x, y = as_t([b[0] for b in batches]), as_t([b[1] for b in batches])
     dt = per_replica([c.integrator.dt for c in cfgs], device, dtype)
-    return Model(net, Dynamics(net, first.dynamics.tau_e > 0), weights, x, y,
-                 rates_of(cfgs, device, dtype), dt)
+    dyn = Dynamics(net, first.dynamics.tau_e > 0)
+    noise = noise_of([(c.dynamics.noise.h, c.dynamics.noise.e, c.dynamics.noise.lam)
+                      for c in cfgs], [c.seed for c in cfgs], dyn.n_pop, device, dtype)
+    return Model(net, dyn, weights, x, y, rates_of(cfgs, device, dtype), dt, noise)

@@ -402,10 +402,13 @@ class Brian2Config(_Strict):
         "rate", description="error neurons as rates (the ODE model) or as pairs of spiking "
                             "neurons for the positive and negative part of e (guide: biology)")
     r_max: float = Field(1000.0, gt=0, description="errors: spiking only: the largest firing "
-                                                   "rate (Hz), reached at |e| >= e_max")
-    e_max: float = Field(1.0, gt=0, description="errors: spiking only: the error at which a "
-                                                "neuron fires at r_max (the rate is r_max "
-                                                "min(1, |part of e| / e_max))")
+                                                   "rate (Hz) of an error neuron, reached at "
+                                                   "|r| >= e_max; a neuron fires at most once "
+                                                   "per step, so r_max * integrator.dt <= 1")
+    e_max: float = Field(1.0, gt=0, description="errors: spiking only: the residual at which "
+                                                "an error neuron fires at r_max (rate r_max "
+                                                "min(1, [+-r]_+ / e_max)); each spike moves the "
+                                                "decoded error by e_max / (r_max tau_e)")
 
 
 class Config(_Strict):
@@ -544,6 +547,16 @@ def _check_biology(cfg: "Config") -> None:
             + ("rk4's order does not carry over to an SDE" if it.scheme == "rk4" else
                "the paper's algorithm is deterministic") +
             "); use euler or semi_implicit (Euler-Maruyama) or heun (stochastic Heun)")
+    if dyn.noise.active and cfg.training is not None:
+        if cfg.training.plasticity == "continuous":
+            raise ValueError("dynamics.noise with training.plasticity 'continuous' is not built "
+                             "(the joint neuron-weight solver has no stochastic form); use "
+                             "plasticity: optimizer (noisy inference, one weight update per "
+                             "batch) or noise: {}")
+        if cfg.training.cuda_graph:
+            raise ValueError("dynamics.noise with training.cuda_graph: true: a CUDA graph "
+                             "replays the noise of its capture in every update; set "
+                             "cuda_graph: false")
     if dyn.delay > 0:
         k = dyn.delay / it.dt
         if not math.isclose(k, round(k), rel_tol=1e-9, abs_tol=1e-9) or round(k) < 1:
@@ -585,6 +598,34 @@ def _check_brian2(cfg: "Config") -> None:
             "brian2.construction 'network_operation' runs Python code during the run, which "
             "brian2.target 'cpp_standalone' cannot do; use construction: synapses with "
             "cpp_standalone, or target: numpy / cython with network_operation")
+    if cfg.dynamics.noise.active and b2.method in ("rk2", "rk4"):
+        raise ValueError(
+            f"dynamics.noise: brian2.method {b2.method!r} has no stochastic form in Brian2; "
+            "use brian2.method euler or heun (or leave it null)")
+    if b2.errors == "spiking":
+        _check_spiking(cfg)
+
+
+def _check_spiking(cfg: "Config") -> None:
+    """brian2.errors: spiking (guide: Brian2 backend, spiking error neurons)."""
+    b2, it = cfg.brian2, cfg.integrator
+    if not cfg.dynamics.tau_e > 0:
+        raise ValueError(
+            "brian2.errors 'spiking' decodes the error neurons' spikes with the synaptic time "
+            "constant dynamics.tau_e (the decoded error decays as tau_e de/dt = -e): set "
+            "dynamics.tau_e > 0 (e.g. 1.0 ms)")
+    if it.scheme not in ("euler", "semi_implicit") or b2.method not in (None, "euler"):
+        raise ValueError(
+            f"brian2.errors 'spiking' runs with integrator.scheme euler or semi_implicit (Euler "
+            f"steps, spikes drawn once per step), not scheme {it.scheme!r}"
+            + (f" with brian2.method {b2.method!r}" if b2.method not in (None, "euler") else "")
+            + "; set integrator.scheme: euler or semi_implicit")
+    if b2.r_max * 1e-3 * it.dt > 1 + 1e-12:
+        raise ValueError(
+            f"brian2.r_max ({b2.r_max:g} Hz) x integrator.dt ({it.dt:g} ms) = "
+            f"{b2.r_max * 1e-3 * it.dt:g} spikes per step: a Brian2 neuron fires at most once "
+            f"per step, so r_max * dt must be <= 1; use dt <= {1e3 / b2.r_max:g} ms or a lower "
+            "r_max")
 
 
 # libyaml's emitter when PyYAML was built with it (4x faster than the pure-Python one: the

@@ -27,6 +27,7 @@ import torch
 
 from ctpc.core.dynamics import Params, Scalar, extremes_into, peak
 from ctpc.core.integrators import Solver
+from ctpc.core.noise import restart
 
 
 @dataclass
@@ -127,7 +128,7 @@ def integrate(solver: Solver, carry, p: Params, n_steps: int, *, dt: Scalar,
                     S = solver.state(carry).clone()
                     for r in newly:
                         S[:, :, r] = frozen[r]
-                    carry = solver.init(S, p)
+                    carry = restart(solver, carry, S, p)     # init(S, p), noise clock kept
         step += chunk
         if progress is not None:
             progress(chunk)

@@ -101,6 +101,8 @@ def build_dataset(cfg: Config, result: RunResult, command: str | None = None) ->
             f"final weight-update estimate dL_rho/dW_{i} (loss-gradient sign)"))
         data_vars[f"bp_grad_w{i}"] = (dims, b, var_attrs(f"BP gradient ∂ℓ/∂W_{i}", None,
                                                          f"BP gradient dl/dW_{i}"))
+    if result.spikes is not None:
+        data_vars |= spike_variables(result.spikes)
     ds = xr.Dataset(data_vars, coords=coords)
     tau_h, tau_l = cfg.rates()
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -134,6 +136,39 @@ def build_dataset(cfg: Config, result: RunResult, command: str | None = None) ->
         ds.attrs["diverged_reason"] = result.diverged_reason or "bound"
     ds.attrs.update(result.extra_attrs or {})
     return ds
+
+
+# Spiking error neurons (Brian2, brian2.errors: spiking) as a CF contiguous ragged array (CF
+# conventions 9.3.3 / H.2.4): instance dimension SPIKE_NEURON (one per recorded layer, sign,
+# sample, unit), element dimension SPIKE; neuron k's spike times are
+# spike_time[offset_k : offset_k + spike_count[k]], offset_k = sum of the counts before k.
+SPIKE_NEURON, SPIKE = "spike_neuron", "spike"
+
+
+def spike_variables(sp) -> dict:
+    """The dataset variables of a :class:`~ctpc.results.run_result.SpikeRecord`."""
+    nd = (SPIKE_NEURON,)
+    return {
+        SPIKE_NEURON: (nd, np.arange(len(sp.count), dtype=np.int64), var_attrs(
+            "spiking error neuron", None, "index of a recorded spiking error neuron (one per "
+            "layer, sign, sample, unit)") | {"cf_role": "timeseries_id"}),
+        "spike_layer": (nd, sp.layer.astype(np.int64), var_attrs(
+            "hidden layer l", None, "hidden layer of the spiking error neuron")),
+        "spike_sign": (nd, sp.sign.astype(np.int64), var_attrs(
+            "sign", None, "+1: fires for the positive part of the residual r, -1: for the "
+                          "negative part")),
+        "spike_sample": (nd, sp.sample.astype(np.int64), var_attrs(
+            "sample", None, "index in the batch")),
+        "spike_unit": (nd, sp.unit.astype(np.int64), var_attrs(
+            "unit", None, "unit within the layer")),
+        "spike_count": (nd, sp.count.astype(np.int64), var_attrs(
+            "spike count", None, "spikes of each spiking error neuron over the run (CF "
+                                 "contiguous ragged array: the count of spike_time elements)")
+            | {"sample_dimension": SPIKE}),
+        "spike_time": ((SPIKE,), sp.times.astype(np.float64), var_attrs(
+            "spike time", "ms", "spike times, neuron by neuron (spike_count each), each "
+                                "neuron's in increasing order") | {"standard_name": "time"}),
+    }
 
 
 def check_output_path(path: str | Path, what: str = "--out", *, create: bool = True) -> Path:

@@ -15,6 +15,20 @@ SERIES_SCALAR = ("energy", "loss")                                   # [time]
 
 
 @dataclass
+class SpikeRecord:
+    """Spikes of the recorded spiking error neurons (Brian2, ``brian2.errors: spiking``) as a
+    contiguous ragged array: neuron k's spike times are ``times[offset_k : offset_k +
+    count[k]]``, offset_k = count[:k].sum(), each neuron's in increasing order. One neuron per
+    (layer, sign, sample, unit) recorded, those without spikes included (count 0)."""
+    layer: np.ndarray                 # [K] 1-based hidden layer
+    sign: np.ndarray                  # [K] +1 (fires for r > 0) | -1 (for r < 0)
+    sample: np.ndarray                # [K] batch index
+    unit: np.ndarray                  # [K] unit within the layer
+    count: np.ndarray                 # [K] spikes of each neuron
+    times: np.ndarray                 # [count.sum()] spike times, ms
+
+
+@dataclass
 class RunResult:
     steps: np.ndarray                 # [T] recorded step numbers
     dt: float                         # ms
@@ -36,3 +50,4 @@ class RunResult:
     wall_time_s: float
     extra_attrs: dict | None = None   # backend-specific provenance (e.g. Brian2 codegen target)
     diverged_reason: str | None = None   # "non-finite" | "bound" | "growth" (diverged runs)
+    spikes: SpikeRecord | None = None    # Brian2 spiking error neurons (brian2.errors: spiking)

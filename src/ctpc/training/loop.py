@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ctpc.core.noise import update_stream
 from ctpc.training.graphs import GraphedUpdate
 from ctpc.training.metrics import evaluate, probe_alignment
 from ctpc.training.setup import TrainSetup
@@ -127,7 +128,9 @@ class Trainer:
         return np.array([d is not None for d in self.state.diverged])
 
     def _update(self, u: int) -> None:
-        learn, stats = self.step(self.learn, *self.batches(u))
+        # a noisy run gives each update's presentation its own noise stream (resume-exact)
+        noise = {"stream": update_stream(u)} if self.s.model.noise is not None else {}
+        learn, stats = self.step(self.learn, *self.batches(u), **noise)
         if len(self.dead):     # frozen replicas keep their last good weights
             learn = freeze(learn, self.good, self.dead)
             stats["weight_norm"] = learn.params.norm()

@@ -58,25 +58,31 @@ class InferenceRule:
     plastic = False
 
     def __init__(self, dyn: Dynamics, solver: Solver, n_steps: int, rates: Rates, method: str,
-                 *, dt: Scalar):
+                 *, dt: Scalar, noisy: bool = False):
         self.dyn, self.solver, self.n_steps, self.rates = dyn, solver, n_steps, rates
         self.method, self.dt = method, dt
+        # a noisy solver (ctpc.core.noise) is put on the noise stream of each presentation
+        self.noisy = noisy
         self._carry = None    # the last presentation's carry: its buffers are recycled
 
-    def infer(self, w: Weights, x: torch.Tensor, y: torch.Tensor):
+    def infer(self, w: Weights, x: torch.Tensor, y: torch.Tensor, stream=None):
         """(final state S, its residuals, params, feed-forward loss [R]). The returned tensors
-        live in recycled buffers: use them before the next call."""
+        live in recycled buffers: use them before the next call. ``stream``: the noise stream
+        of this presentation (:func:`ctpc.core.noise.update_stream`; None: the solver's own,
+        the simulation stream; ignored without noise)."""
         dyn = self.dyn
         p = dyn.params(w, x, y, self.rates)
-        carry = self.solver.start(p, reuse=self._carry)
-        loss0 = mse_loss(self.solver.residuals(carry, p).y_hat, y)
+        solver = self.solver.on_stream(stream) if self.noisy and stream is not None \
+            else self.solver
+        carry = solver.start(p, reuse=self._carry)
+        loss0 = mse_loss(solver.residuals(carry, p).y_hat, y)
         # No divergence check here: training finds non-finite values at its own sync points.
-        out = integrate(self.solver, carry, p, self.n_steps, dt=self.dt, check_every=None)
+        out = integrate(solver, carry, p, self.n_steps, dt=self.dt, check_every=None)
         self._carry = out.carry
         return out.final_state(), out.solver.residuals(out.carry, p), p, loss0
 
-    def __call__(self, w: Weights, x: torch.Tensor, y: torch.Tensor):
-        S, resid, p, loss0 = self.infer(w, x, y)
+    def __call__(self, w: Weights, x: torch.Tensor, y: torch.Tensor, stream=None):
+        S, resid, p, loss0 = self.infer(w, x, y, stream)
         dyn = self.dyn
         credit = dyn.credit(S, resid, p)
         grads = dyn.net.weight_gradients(resid.a, resid.y_hat, credit, p.x, p.y)

@@ -100,7 +100,7 @@ def make_rule(cfg: Config, model: Model):
         return BPRule(model.net)
     it, t = cfg.integrator, _training(cfg)
     solver = make_solver(model.dyn, it.scheme, inner_steps=it.inner_steps,
-                         weight_credit_timing=it.weight_credit_timing)
+                         weight_credit_timing=it.weight_credit_timing, noise=model.noise)
     if compilable(cfg, model.net.device):
         check_compiler()
         keep_freed_buffers()
@@ -108,7 +108,7 @@ def make_rule(cfg: Config, model: Model):
                                   cfg.dynamics.method, cfg.data.batch_size, it.compile_mode,
                                   dt=model.dt)
     rule = InferenceRule(model.dyn, solver, it.n_steps, model.rates, cfg.dynamics.method,
-                         dt=model.dt)
+                         dt=model.dt, noisy=model.noise is not None)
     if t.plasticity == "continuous":
         return PlasticRule(rule, plastic_solver(solver, t.tau_w))
     return rule
@@ -117,9 +117,10 @@ def make_rule(cfg: Config, model: Model):
 def compilable(cfg: Config, device: torch.device) -> bool:
     """Whether a PC / PC-ALM training update runs as one compiled presentation
     (:mod:`ctpc.core.compiled`): ``integrator.compile`` (true, 'unrolled' or 'loop') on the CPU, a
-    Gauss-Seidel scheme, instantaneous error neurons, no continuous plasticity. (Elsewhere
-    compile is ignored by training.)"""
-    return (cfg.integrator.compile_mode is not None
+    Gauss-Seidel scheme, instantaneous error neurons, no continuous plasticity, no
+    ``dynamics.noise`` (the compiled programs are deterministic: a noisy run steps eagerly).
+    (Elsewhere compile is ignored by training.)"""
+    return (cfg.integrator.compile_mode is not None and not cfg.dynamics.noise.active
             and scheme_info(cfg.integrator.scheme).gauss_seidel
             and not cfg.dynamics.tau_e > 0 and _training(cfg).plasticity != "continuous"
             and device.type == "cpu")

@@ -204,11 +204,12 @@ class Optimiser:
 
 
 def update(state: LearnState, x: torch.Tensor, y: torch.Tensor, rule,
-           optimiser: Optimiser) -> tuple[LearnState, dict]:
+           optimiser: Optimiser, **noise) -> tuple[LearnState, dict]:
     """One update on batch (x [R, B, D], y [R, B, O]): the rule's weight update, the optimiser
     step (or, for a plastic rule, the weights integrated during the presentation), and the
     statistics (name -> device tensor, R last). ``state`` is not modified. Device work only, no
-    host sync."""
+    host sync. ``noise``: ``stream=`` the update's noise stream, given to a noisy rule only
+    (:class:`ctpc.training.loop.Trainer`)."""
     w = state.params
     stats = {}
     if rule.plastic:
@@ -217,7 +218,7 @@ def update(state: LearnState, x: torch.Tensor, y: torch.Tensor, rule,
         new = LearnState(w.like(torch.empty_like(t).copy_(n)
                                 for t, n in zip(w.tensors, w_new.tensors)), state.opt)
     else:
-        grads, st = rule(w, x, y)
+        grads, st = rule(w, x, y, **noise)
         stats["grad_norm"] = grads.norm()
         new = LearnState(*optimiser.step(w, grads, state.opt))
     stats["train_loss"] = st.loss

@@ -11,7 +11,7 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
-from ctpc.config.schema import Config
+from ctpc.config.schema import Config, delay_steps
 from ctpc.core.engine import divergence_bounds, divergence_reason, integrate
 from ctpc.core.integrators import make_solver
 from ctpc.build.objects import build_model
@@ -37,7 +37,9 @@ def run_replicas(cfgs: list[Config], progress: bool = True, stream=None) -> list
                       "a simulation observes the steps it records and runs them eagerly",
                       stacklevel=2)
     solver = make_solver(model.dyn, it.scheme, inner_steps=it.inner_steps,
-                         weight_credit_timing=it.weight_credit_timing)
+                         weight_credit_timing=it.weight_credit_timing,
+                         delay_steps=delay_steps(first),     # 0: the undelayed solvers
+                         noise=model.noise)                  # None: deterministic
     p = model.params()
     bp = bp_reference(model.net, model.weights, model.x, model.y)
     rec = Recorder(model.dyn, plan, bp, model.replicas, stream=stream)

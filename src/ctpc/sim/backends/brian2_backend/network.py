@@ -16,7 +16,8 @@ import torch
 from ctpc.core.dynamics import POP_H, Params
 from ctpc.build.objects import Model
 from ctpc.sim.backends.brian2_backend.equations import (SLOT_FEEDBACK, SLOT_OBSERVE,
-    SLOT_PREDICT_EXPLICIT, SLOT_PREDICT_GS, ModelSpec, SynapsesSpec)
+    SLOT_PREDICT_EXPLICIT, SLOT_PREDICT_GS, SLOT_SPIKES_EXPLICIT, SLOT_SPIKES_GS, ModelSpec,
+    SynapsesSpec)
 from ctpc.sim.backends.brian2_backend.methods import state_update_method
 
 
@@ -31,6 +32,9 @@ class Brian2Net:
     sim_clock: b2.Clock
     record_clock: b2.Clock
     extra: dict = field(default_factory=dict)   # construction-specific objects
+    # brian2.errors: spiking: name -> Poisson group (layer_l_err_pos/neg) and its synapses
+    error_groups: dict[str, b2.NeuronGroup] = field(default_factory=dict)
+    error_synapses: dict[str, b2.Synapses] = field(default_factory=dict)
 
     def state_array(self, name: str) -> np.ndarray:
         """[H, B, N] copy of a layer variable (works before and after a standalone run)."""
@@ -58,8 +62,9 @@ def is_runtime() -> bool:
 
 def namespace(spec: ModelSpec) -> dict:
     ns = {}
+    units = {"ms": b2.ms, "Hz": b2.Hz, "1/sqrt(ms)": b2.ms ** -0.5}
     for name, (value, unit) in spec.constants.items():
-        ns[name] = value * b2.ms if unit == "ms" else value
+        ns[name] = value * units[unit] if unit in units else value
     return ns
 
 
@@ -102,7 +107,8 @@ def assemble_objects(spec: ModelSpec, cfg, model: Model, p: Params, record_every
     # the run an end step of 0, and if it happens to be picked first nothing runs at all)
     groups = {}
     for g in spec.groups:
-        kwargs = {} if g.method is None else {"method": state_update_method(g.method)}
+        kwargs = {} if g.method is None else {"method": state_update_method(g.method,
+                                                                            spec.noisy)}
         groups[g.name] = b2.NeuronGroup(g.size, g.equations, clock=sim_clock, name=g.name,
                                         **kwargs)
     layers = [groups[n] for n in spec.layer_names]
@@ -157,9 +163,55 @@ def assemble_objects(spec: ModelSpec, cfg, model: Model, p: Params, record_every
         coupling = TorchCoupling(spec, layers, groups["output"], model.net, p)
         extra["coupling"] = coupling
         objects += coupling.operations(sim_clock)
+    error_groups, error_synapses = _spiking_objects(spec, groups, sim_clock)
+    objects += list(error_groups.values()) + list(error_synapses.values())
+    for grp in layers:
+        if spec.spiking:       # the decoded error starts at 0, like the rate model's e
+            grp.err = 0
     net = b2.Network(objects, name="ctpc_network")
     return Brian2Net(spec, net, layers, groups["output"], synapses, namespace(spec), sim_clock,
-                     record_clock, extra)
+                     record_clock, extra, error_groups, error_synapses)
+
+
+def _spiking_objects(spec: ModelSpec, groups: dict, clock):
+    """Poisson error neurons (linked to their layer's h, pred[, b]) and their one-to-one
+    synapses onto the layer's decoded error (equations.SpikingSpec)."""
+    pops, syns = {}, {}
+    for e in spec.spiking:
+        grp = b2.NeuronGroup(e.size, e.equations, threshold=e.threshold, clock=clock,
+                             name=e.name)
+        layer = groups[e.layer]
+        for link in e.links:
+            mine, theirs = (part.strip() for part in link.split("="))
+            setattr(grp, mine, b2.linked_var(layer, theirs))
+        _set_slot(grp.thresholder["spike"],
+                  SLOT_SPIKES_GS if spec.gauss_seidel else SLOT_SPIKES_EXPLICIT)
+        syn = b2.Synapses(grp, layer, on_pre=e.on_pre, clock=clock, name=f"{e.name}_syn")
+        syn.connect(j="i")
+        pops[e.name], syns[e.name] = grp, syn
+    return pops, syns
+
+
+def add_spike_monitors(bn: Brian2Net, plan) -> dict[tuple[int, int], b2.SpikeMonitor]:
+    """SpikeMonitors of the spiking error neurons of the recorded layers (record.layers), one
+    per sign, on the contiguous block of neurons that holds the recorded samples (the units and
+    samples outside record.* are dropped after the run: a Brian2 subgroup must be contiguous).
+    Returns (layer, sign) -> (monitor, first neuron index of its block)."""
+    if not bn.spec.spiking:
+        return {}
+    n = bn.spec.width
+    first, last = int(plan.samples.min()) * n, (int(plan.samples.max()) + 1) * n
+    mons = {}
+    for e in bn.spec.spiking:
+        l = int(e.layer.split("_")[1])
+        if l not in set(int(x) for x in plan.layers):
+            continue
+        grp = bn.error_groups[e.name]
+        mon = b2.SpikeMonitor(grp[first:last] if (first, last) != (0, grp.N) else grp,
+                              name=f"spikes_{e.name}")
+        bn.net.add(mon)
+        mons[(l, e.sign)] = (mon, first)
+    return mons
 
 
 def add_trace_monitors(bn: Brian2Net, plan) -> dict[int, b2.StateMonitor]:

@@ -14,6 +14,13 @@ Divergence: every layer carries ``diverged_step``, set by Brian2 code on the fir
 state is non-finite or beyond ``integrator.divergence_bound`` (exact, per step). Runtime targets
 stop the run at the next check (every ``integrator.check_every`` steps); then the run is
 repeated up to the last bounded step, so the saved trace ends there, as with torch.
+
+Randomness (noise, spiking error neurons): Brian2 is seeded from the config seed
+(``b2.seed(cfg.seed)``) before every (re)run, so a run is reproducible and a diverged run's
+repetition draws the same numbers. Brian2's random numbers are not torch's: a noisy Brian2 run
+is another realisation of the same stochastic process as the torch run, not the same path.
+Spikes are recorded by SpikeMonitors (:func:`.network.add_spike_monitors`) and returned as a
+:class:`ctpc.results.run_result.SpikeRecord`.
 """
 from __future__ import annotations
 
@@ -35,12 +42,12 @@ from ctpc.build.resolve import load_config
 from ctpc.build.objects import build_model
 from ctpc.sim.recording import Recorder, RecordPlan, plan_recording
 from ctpc.core.reference import bp_reference
-from ctpc.results.run_result import RunResult
+from ctpc.results.run_result import RunResult, SpikeRecord
 from ctpc.sim.backends.brian2_backend import targets
 from ctpc.sim.backends.brian2_backend.equations import (BRIAN2_METHOD_ORDER, SLOT_OBSERVE,
     SLOT_STOP, ModelSpec, model_spec)
-from ctpc.sim.backends.brian2_backend.network import (Brian2Net, add_state_monitors,
-    add_trace_monitors, assemble_objects, is_runtime)
+from ctpc.sim.backends.brian2_backend.network import (Brian2Net, add_spike_monitors,
+    add_state_monitors, add_trace_monitors, assemble_objects, is_runtime)
 
 
 @dataclass
@@ -51,6 +58,7 @@ class Outcome:
     steps_run: int                  # ctpc steps
     diverged_step: int | None       # first ctpc step out of bounds
     timings: dict = dataclasses.field(default_factory=dict)   # s: Brian2 run, compile
+    spikes: SpikeRecord | None = None   # spiking error neurons
 
 
 class _Context:
@@ -132,6 +140,8 @@ def simulate_steps(ctx: _Context, n_steps: int, progress: bool, watch: bool) -> 
     if note:
         print(f"ctpc: {note}", file=sys.stderr, flush=True)
     with targets.session(cfg), _compile_errors(cfg, project), np.errstate(all="ignore"):
+        if ctx.spec.noisy or ctx.spec.spiking:
+            b2.seed(cfg.seed)    # (numpy's global generator too, on the runtime targets)
         run = _assemble(ctx, n_steps, watch)
         bar, report = _progress(n_steps, progress and not standalone,
                                 f"{cfg.name or 'ctpc'} {cfg.integrator.scheme} "
@@ -159,6 +169,7 @@ class _Assembled:
     monitors: dict                  # layer -> trace StateMonitor
     state_monitors: list            # cpp_standalone: full-state monitors per layer
     recorder: Recorder              # per-layer summaries (no traces)
+    spike_monitors: dict = dataclasses.field(default_factory=dict)   # (layer, sign) -> monitor
 
     def ctpc_step(self, t) -> int:
         brian_step = int(round(float(t / self.bn.sim_clock.dt)))
@@ -170,7 +181,8 @@ def _assemble(ctx: _Context, n_steps: int, watch: bool) -> _Assembled:
     bn = assemble_objects(ctx.spec, cfg, ctx.model, ctx.p, min(cfg.record.every, n_steps),
                           cfg.brian2.construction)
     run = _Assembled(bn, add_trace_monitors(bn, plan), [],
-                     ctx.recorder(dataclasses.replace(plan, variables=())))
+                     ctx.recorder(dataclasses.replace(plan, variables=())),
+                     add_spike_monitors(bn, plan))
     if cfg.brian2.target == "cpp_standalone":
         run.state_monitors = add_state_monitors(bn)
         return run
@@ -231,7 +243,37 @@ def _collect(ctx: _Context, run: _Assembled, n_steps: int, timings: dict) -> Out
             rec.record(run.ctpc_step(t), torch.as_tensor(S, dtype=ctx.dtype), ctx.p)
     traces = {v: _trace_array(run.monitors, ctx.plan, v) for v in ctx.plan.variables}
     return Outcome(rec, traces, bn.state_tensor(ctx.dtype).unsqueeze(2), steps_run, diverged,
-                   timings)
+                   timings, _spike_record(run.spike_monitors, ctx.plan, spec.width))
+
+
+def _spike_record(monitors: dict | None, plan: RecordPlan, width: int) -> SpikeRecord | None:
+    """The SpikeMonitors' spikes of the recorded (layer, sign, sample, unit) neurons, ordered
+    layer, sign (+ then -), sample, unit, and each neuron's spikes by time (a ragged array).
+    ``monitors`` None: a spiking run that ran no step (every neuron has count 0)."""
+    if monitors is not None and not monitors:
+        return None
+    rows, counts, times = [], [], []
+    for l in plan.layers:
+        for sign in (1, -1):
+            if monitors is None:
+                idx, t = np.zeros(0, dtype=np.int64), np.zeros(0)
+            else:
+                mon, first = monitors[(int(l), sign)]
+                idx = np.asarray(mon.i[:], dtype=np.int64) + first   # neuron of the group
+                t = np.asarray(mon.t[:] / b2.ms, dtype=np.float64)
+            order = np.lexsort((t, idx))                              # by neuron, then time
+            idx, t = idx[order], t[order]
+            wanted = (plan.samples[:, None] * width + plan.units[None, :]).ravel()
+            start = np.searchsorted(idx, wanted, side="left")
+            stop = np.searchsorted(idx, wanted, side="right")
+            for k, neuron in enumerate(wanted):
+                rows.append((int(l), sign, int(neuron // width), int(neuron % width)))
+                counts.append(stop[k] - start[k])
+                times.append(t[start[k]:stop[k]])
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+    return SpikeRecord(layer=rows[:, 0], sign=rows[:, 1], sample=rows[:, 2], unit=rows[:, 3],
+                       count=np.asarray(counts, dtype=np.int64),
+                       times=np.concatenate(times) if times else np.zeros(0))
 
 
 # Measured (docs/guide/brian2.md): rk2/heun/rk4 converge at order 1.0 on brian2.
@@ -262,7 +304,13 @@ def run(cfg: Config, progress: bool = True) -> RunResult:
         out = simulate_steps(ctx, diverged_step - 1, False, watch=False)
     else:
         diverged_step = None
-    return out.recorder.results(
+    b2c = cfg.brian2
+    spiking = ({"brian2_errors": "spiking", "brian2_r_max": b2c.r_max, "brian2_r_max_units": "Hz",
+                "brian2_e_max": b2c.e_max} if ctx.spec.spiking else {})
+    if ctx.spec.noisy or ctx.spec.spiking:
+        spiking["brian2_random"] = (f"Brian2 random numbers seeded with b2.seed({cfg.seed}): the "
+                                    "same law as a torch run, not the same realisation")
+    result = out.recorder.results(
         out.final, ctx.p, [out.steps_run], [diverged_step], dt=[cfg.integrator.dt],
         reasons=[reason],
         backend="brian2", device="cpu", t0=t0, slot_traces=out.traces,
@@ -271,7 +319,11 @@ def run(cfg: Config, progress: bool = True) -> RunResult:
                      "brian2_method": ctx.spec.method,
                      "brian2_schedule": "gauss_seidel" if ctx.spec.gauss_seidel else "explicit",
                      # summed variables are constant within a step: coupling is first order
-                     "brian2_coupling_order": 1, **out.timings})[0]
+                     "brian2_coupling_order": 1, **spiking, **out.timings})[0]
+    result.spikes = out.spikes
+    if ctx.spec.spiking and result.spikes is None:     # diverged on the first step: no spikes
+        result.spikes = _spike_record(None, ctx.plan, ctx.spec.width)
+    return result
 
 
 def build(cfg, edit=None) -> Brian2Net:

@@ -6,8 +6,10 @@ import textwrap
 from ctpc.config.schema import Config
 from ctpc.sim.backends.brian2_backend.methods import method_description
 from ctpc.sim.backends.brian2_backend.equations import (SLOT_BOUNDS, SLOT_DUAL, SLOT_FEEDBACK,
-    SLOT_OBSERVE, SLOT_PREDICT_EXPLICIT, SLOT_PREDICT_GS, SLOT_RATES_EXPLICIT, SLOT_RATES_GS,
-    ModelSpec, model_spec)
+    SLOT_MULTIPLIER, SLOT_OBSERVE, SLOT_PREDICT_EXPLICIT, SLOT_PREDICT_GS, SLOT_RATES_EXPLICIT,
+    SLOT_RATES_GS, SLOT_SPIKES_EXPLICIT, SLOT_SPIKES_GS, ModelSpec, model_spec)
+
+UNIT_TEXT = {"ms": " * ms", "Hz": " * Hz", "1/sqrt(ms)": " / sqrt(ms)"}
 
 
 def _indent(text: str) -> str:
@@ -30,8 +32,17 @@ def _schedule(spec: ModelSpec, construction: str) -> list[str]:
             (SLOT_RATES_GS if spec.gauss_seidel else SLOT_RATES_EXPLICIT,
              f"layer_*_rates: phi, phi' of the {'new' if spec.gauss_seidel else 'old'} activity")]
     if spec.gauss_seidel and any(op.name == "dual" for op in spec.operations):
-        rows.append((SLOT_DUAL, "layer_*_dual: error and multiplier neurons, new residual"))
-    order = ["before_groups", "groups", "after_groups", "end"]
+        rows.append((SLOT_DUAL, "layer_*_dual: decay of the decoded error" if spec.spiking else
+                     "layer_*_dual: error and multiplier neurons, new residual"))
+    if spec.spiking:
+        rows.append((SLOT_SPIKES_GS if spec.gauss_seidel else SLOT_SPIKES_EXPLICIT,
+                     "layer_*_err_pos/neg: Poisson spikes from the "
+                     f"{'new' if spec.gauss_seidel else 'old'} residual (thresholders)"))
+        rows.append((("synapses", 0), "layer_*_err_*_syn: each spike moves err by +-spike_jump"))
+        if any(op.name == "multiplier" for op in spec.operations):
+            rows.append((SLOT_MULTIPLIER, "layer_*_multiplier: lam integrates the decoded error"))
+    order = ["before_groups", "groups", "after_groups", "thresholds", "synapses",
+             "after_synapses", "end"]
     rows.sort(key=lambda r: (order.index(r[0][0]), r[0][1]))
     return [f"  {i}. ({when}, order {o}) {what}" for i, ((when, o), what) in enumerate(rows, 1)]
 
@@ -55,11 +66,12 @@ def equations_text(cfg: Config) -> str:
         if spec.inner_steps > 1:
             lines.append(f"# discrete: {spec.inner_steps} Brian2 steps (primal) per ctpc step.")
     else:
-        lines.append(f"# Integration: {method_description(spec.method)}. Summed variables are "
+        lines.append(f"# Integration: {method_description(spec.method, spec.noisy)}. Summed "
+                     "variables are "
                      "updated once per step (inter-layer coupling is first order in dt).")
     lines += ["", "## Constants (namespace of every object)"]
     for name, (value, unit) in spec.constants.items():
-        lines.append(f"{name} = {value!r}" + (" * ms" if unit == "ms" else ""))
+        lines.append(f"{name} = {value!r}" + UNIT_TEXT.get(unit, ""))
 
     for g in spec.groups:
         if g.name.startswith("layer_") and g.name != "layer_1":
@@ -92,6 +104,17 @@ def equations_text(cfg: Config) -> str:
                           "  fb_H = -s_out phi'(h_H) W_L^T (yhat - y)\n"
                           "(batched matrix products over all layers and samples, written into "
                           "the groups' pred, yhat, fb)")]
+    if spec.spiking:
+        e = spec.spiking[0], spec.spiking[1]
+        title = ("layer_1_err_pos, layer_1_err_neg" if spec.n_hidden == 1 else
+                 f"layer_l_err_pos, layer_l_err_neg (l = 1 ... {spec.n_hidden})")
+        lines += ["", f"## NeuronGroups {title} ({e[0].size} Poisson neurons each, threshold "
+                      f"{e[0].threshold!r}): spiking error neurons of the +r and -r parts",
+                  _indent(e[0].equations.replace("layer_1", "layer_l")),
+                  _indent("(err_neg: " + e[1].equations.splitlines()[-1] + ")"),
+                  "## Synapses layer_l_err_pos_syn, layer_l_err_neg_syn: one-to-one onto "
+                  "layer_l (connect(j='i'))",
+                  _indent(f"on_pre: {e[0].on_pre}    (err_neg: {e[1].on_pre})")]
     for op in spec.operations:
         lines += ["", f"## run_regularly on every layer: layer_*_{op.name} ({op.slot[0]}, order "
                       f"{op.slot[1]}): {op.what}", _indent(op.code)]
