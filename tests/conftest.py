@@ -34,6 +34,14 @@ def pytest_configure(config):
 # 2-core machine under load (pytest --durations=0, 2026-12-03); the rest take 0.01-1.4 s. The
 # whole suite, slow ones included, is what CI runs. A test that grows slow belongs here.
 SLOW = {
+    "test_noise.py::test_weak_order_of_euler_maruyama",
+    "test_noise.py::test_noisy_training_resumes_bit_for_bit_and_is_not_compiled",
+    "test_noise.py::test_ou_stationary_variance",
+    "test_delay.py::test_predicted_edge_holds_within_5_percent",
+    "test_brian2_biology.py::test_spiking_limit_converges_to_the_rate_model",
+    "test_brian2_biology.py::test_noise_is_seeded_and_reaches_every_population",
+    "test_brian2_biology.py::test_spiking_run_writes_and_reads_spikes",
+    "test_brian2_biology.py::test_ornstein_uhlenbeck_stationary_variance",
     "test_fused.py::test_compiled_presentation_with_biases_equals_the_eager_rule",
     "test_notebooks.py::test_notebook_executes",
     "test_brian2.py::test_compiled_target_agrees_with_numpy",

@@ -55,7 +55,11 @@ def test_ornstein_uhlenbeck_stationary_variance(scheme, tmp_path):
     exact = sigma ** 2 * tau / (2 - a)
     se = exact * np.sqrt(2 / (n - 1))
     assert abs(var - exact) < 5 * se, (var, exact, se)
-    assert abs(var - sigma ** 2 * tau / 2) > 3 * se          # the discretisation is visible
+    # the OU law sigma^2 tau / 2, within the same sampling tolerance plus the scheme's stated
+    # O(dt) bias (exact - continuous = sigma^2 tau a / (2 (2 - a)))
+    continuous = sigma ** 2 * tau / 2
+    assert abs(var - continuous) < 5 * se + (exact - continuous), (var, continuous)
+    assert abs(var - continuous) > 3 * se          # the discretisation is visible
     assert abs(float(x.mean())) < 5 * np.sqrt(exact / n)
     assert "brian2_random" in ds.attrs
 

@@ -17,7 +17,9 @@ import ctpc
 from ctpc.build.objects import build_model
 from ctpc.core import engine, integrators
 from ctpc.core.engine import integrate
+from ctpc.core.delay import DelayedSolver
 from ctpc.core.integrators import ExplicitRK, GaussSeidel, Solver, make_solver
+from ctpc.core.noise import NoisyGaussSeidel, NoisyRK, noise_of
 from ctpc.training import plasticity
 from ctpc.training.plasticity import PlasticGaussSeidel, PlasticRK, final_weights, plastic_solver
 
@@ -102,13 +104,24 @@ def all_solvers(dyn):
     out["discrete/compile"] = make_solver(dyn, "discrete", compile=True)
     out["plastic/semi_implicit"] = plastic_solver(out["semi_implicit"], 3.0)
     out["plastic/heun"] = plastic_solver(out["heun"], 3.0)
+    noise = noise_of([(0.1, 0.0, 0.1)] * dyn_replicas(dyn), list(range(dyn_replicas(dyn))),
+                     dyn.n_pop, None, torch.float64)
+    out["noisy/euler"] = make_solver(dyn, "euler", noise=noise)
+    out["noisy/semi_implicit"] = make_solver(dyn, "semi_implicit", noise=noise)
+    out["delayed/semi_implicit"] = make_solver(dyn, "semi_implicit", delay_steps=2)
+    out["delayed/rk4"] = make_solver(dyn, "rk4", delay_steps=1)
     return out
+
+
+def dyn_replicas(dyn) -> int:
+    return 2         # model_of's default: two replicas
 
 
 def test_every_solver_satisfies_the_protocol():
     dyn = model_of().dyn
     kinds = {type(s) for s in all_solvers(dyn).values()}
-    assert kinds == {ExplicitRK, GaussSeidel, PlasticGaussSeidel, PlasticRK}
+    assert kinds == {ExplicitRK, GaussSeidel, PlasticGaussSeidel, PlasticRK, NoisyRK,
+                     NoisyGaussSeidel, DelayedSolver}
     for name, solver in all_solvers(dyn).items():
         assert isinstance(solver, CheckableSolver), name
         assert isinstance(type(solver).in_place, bool), name      # data on the class
@@ -166,6 +179,10 @@ def test_bit_identical_to_the_code_before_the_interface(name):
 
 
 def _carry_tensors(solver, carry):
+    if isinstance(solver, (NoisyRK, NoisyGaussSeidel)):
+        return _carry_tensors(solver.base, carry.inner)
+    if isinstance(solver, DelayedSolver):
+        return [carry.S, carry.hist_h, carry.hist_g, carry.hist_o]
     if isinstance(solver, PlasticGaussSeidel):
         return [carry[0].S, *carry[1].tensors]
     if isinstance(solver, GaussSeidel):
@@ -202,7 +219,10 @@ def test_a_step_of_zero_leaves_the_state_unchanged_after_a_nonzero_one():
                 continue                              # step is the eager one (test_fused.py)
             c = solver.step(solver.start(p), p, 0.5)
             S = solver.state(c).clone()
-            W = [t.clone() for t in _carry_tensors(solver, c)[1:]]
+            # what else the carry holds and a step of 0 must keep: plastic weights (a delay's
+            # history is not kept: a step records what it sends, at any dt)
+            W = [] if isinstance(solver, DelayedSolver) else \
+                [t.clone() for t in _carry_tensors(solver, c)[1:]]
             c = solver.step(c, p, 0.0)
             assert torch.equal(solver.state(c), S), name
             assert all(torch.equal(a, b) for a, b in zip(W, _carry_tensors(solver, c)[1:])), name

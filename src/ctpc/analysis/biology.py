@@ -56,6 +56,48 @@ def plot_noise_training(ds):
 
 
 # ---------------------------------------------------------------- delays (stability edge)
+def plot_delay_edges(ds):
+    """Predicted (augmented one-step map) and measured largest stable delay per scheme, one
+    group of bars per model's time constants, from :func:`ctpc.studies.delay.delay_edges`
+    (``predicted_ms``, ``measured_steps`` [model, scheme], ``dt`` [model]). A measured tick
+    is missing where the runs disagreed with the prediction (or were not run)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    models, schemes = [str(m) for m in ds.model.values], [str(s) for s in ds.scheme.values]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.6 * len(models), 3.6), constrained_layout=True)
+    width = 0.8 / len(schemes)
+    x = np.arange(len(models))
+    dt = ds.dt.values
+    for j, s in enumerate(schemes):
+        off = x + (j - (len(schemes) - 1) / 2) * width
+        ax.bar(off, ds.predicted_ms.sel(scheme=s).values, width, label=s, alpha=0.8)
+        ax.plot(off, ds.measured_steps.sel(scheme=s).values * dt, "k_", ms=8)
+    ax.set_xticks(x, [f"{m}\n(dt = {d:g} ms)" for m, d in zip(models, dt)], fontsize=8)
+    ax.set_ylabel("largest stable delay (ms)")
+    ax.set_title("delay edge: bars predicted, black ticks measured")
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def plot_delay_propagation(ds):
+    """Credit arrival time at the input layer against depth, one line per delay, with the
+    fitted exponent in the legend, from :func:`ctpc.studies.delay.delay_propagation`
+    (``arrival_time`` [delay, network.depth], ``exponent``, ``speed``, ``delay_ms``)."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.8), constrained_layout=True)
+    depth = ds["network.depth"].values
+    for i in range(ds.sizes["delay"]):
+        d = ds.isel(delay=i)
+        ax.loglog(depth, d.arrival_time.values, "o-",
+                  label=f"d = {float(d.delay_ms):g} ms: p = {float(d.exponent):.2f}, "
+                        f"{float(d.speed):.3f} layers/ms")
+    ax.set_xlabel("depth L")
+    ax.set_ylabel("arrival at layer 1 (ms)")
+    ax.set_title(f"PC-ALM credit arrival with delays (wave: {float(ds.speed_wave):.3f} "
+                 "layers/ms at d = 0)", fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
+
 
 
 # ---------------------------------------------------------------- spiking errors (r_max limit)

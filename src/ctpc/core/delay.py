@@ -45,12 +45,11 @@ delayed output). The weight read-out built on it (credit x presynaptic rate) pai
 credit g_l(t) with the current rate phi(h_{l-1}(t)) -- the synapse's local view at one instant,
 not the rate that produced the prediction (which left d earlier).
 
-Limitations. A carry built by :meth:`DelayedSolver.init` from a bare state has constant history
-at that state; when :func:`ctpc.core.engine.integrate` freezes a diverged replica it re-inits
-the survivors this way, so after a divergence the surviving replicas of a replicated run restart
-with constant history (a single run, R = 1, is unaffected). Steps allocate their temporaries
-(the buffer itself is written in place); the per-layer and per-replica work is batched, no
-Python loop over layers or replicas runs per step.
+Limitations. Steps allocate their temporaries (the buffer itself is written in place); the
+per-layer and per-replica work is batched, no Python loop over layers or replicas runs per
+step. When :func:`ctpc.core.engine.integrate` freezes a diverged replica,
+:meth:`DelayedSolver.with_state` keeps the other replicas' history, so each replica of a
+stacked run is its own run.
 """
 from __future__ import annotations
 
@@ -218,6 +217,19 @@ class DelayedSolver:
     def snapshot(self, carry: DelayCarry) -> DelayCarry:
         """A copy of state and history."""
         return carry.clone()
+
+    def with_state(self, carry: DelayCarry, S: torch.Tensor, p: Params, reset=()) -> DelayCarry:
+        """``carry`` at state S, in place: the replicas in ``reset`` (the engine's newly frozen
+        ones) get a constant history at S, as :meth:`init` gives (their stored history may hold
+        the diverged values, and 0 x inf is NaN even at dt = 0); the others keep theirs."""
+        fresh = self.init(S, p)
+        carry.S.copy_(fresh.S)
+        for r in reset:
+            r = int(r)
+            carry.hist_h[:, :, r].copy_(fresh.hist_h[:, :, r])
+            carry.hist_g[:, :, r].copy_(fresh.hist_g[:, :, r])
+            carry.hist_o[:, r].copy_(fresh.hist_o[:, r])
+        return carry
 
     def advance(self, carry: DelayCarry, p: Params, dt: Scalar, n: int,
                 last: bool) -> DelayCarry:

@@ -27,13 +27,12 @@ import torch
 
 from ctpc.core.dynamics import Params, Scalar, extremes_into, peak
 from ctpc.core.integrators import Solver
-from ctpc.core.noise import restart
 
 
 @dataclass
 class Integration:
     """The outcome of :func:`integrate` for R replicas."""
-    carry: object                  # the solver's final carry (frozen replicas: see final_state)
+    carry: object                  # the solver's final carry (at each diverged replica's last bounded state)
     solver: Solver                 # the solver that ran
     steps_completed: np.ndarray    # [R] steps each replica completed within bounds
     diverged_step: list            # [R] first out-of-bounds step, or None
@@ -123,12 +122,14 @@ def integrate(solver: Solver, carry, p: Params, n_steps: int, *, dt: Scalar,
                     at_peak[r] = float(at[r])
                 frozen.update(_replay(solver, snapshot, p, dt, first, newly))
                 alive[newly] = False
-                if alive.any():
-                    dt = _frozen_dt(dt, alive, p)
-                    S = solver.state(carry).clone()
-                    for r in newly:
-                        S[:, :, r] = frozen[r]
-                    carry = restart(solver, carry, S, p)     # init(S, p), noise clock kept
+                # the carry moves to the frozen states, even when none is left alive: the
+                # final carry's state is then the run's final state, and its network pass the
+                # final one (a delayed run's, too)
+                dt = _frozen_dt(dt, alive, p)
+                S = solver.state(carry).clone()
+                for r in newly:
+                    S[:, :, r] = frozen[r]
+                carry = solver.with_state(carry, S, p, reset=newly)
         step += chunk
         if progress is not None:
             progress(chunk)

@@ -80,6 +80,12 @@ class Solver(Protocol):
     def snapshot(self, carry: Carry) -> Carry:
         """A carry that later steps of ``carry`` do not change (a copy if ``in_place``)."""
 
+    def with_state(self, carry: Carry, S: torch.Tensor, p: Params, reset) -> Carry:
+        """``carry`` (consumed) moved to state S [P, H, R, B, N] (not modified): what the engine
+        does when it freezes diverged replicas. The replicas in ``reset`` (indices) start
+        afresh at S; the others keep what the solver carries besides the state (a noise clock,
+        a delay's history, plastic weights)."""
+
     def state(self, carry: Carry) -> torch.Tensor:
         """The state S [P, H, R, B, N] of ``carry`` (a view into it when ``in_place``)."""
 
@@ -137,6 +143,10 @@ class ExplicitRK:
     def snapshot(self, carry):
         """The carry itself: steps never modify it."""
         return carry
+
+    def with_state(self, carry, S: torch.Tensor, p: Params, reset=()):
+        """A carry at S (the carry is the state: nothing else to keep)."""
+        return self.init(S, p)
 
     def step(self, y, p: Params, dt: Scalar, last: bool = False):
         """y + dt sum_i b_i k_i (new tensors; ``y`` is not modified; ``last`` is unused)."""
@@ -265,6 +275,10 @@ class GaussSeidel:
     def snapshot(self, carry: GSCarry) -> GSCarry:
         """A copy of the carry's buffers (later steps of ``carry`` leave it unchanged)."""
         return carry.clone()
+
+    def with_state(self, carry: GSCarry, S: torch.Tensor, p: Params, reset=()) -> GSCarry:
+        """A carry at S, its network pass recomputed (state and pass are all it holds)."""
+        return self.init(S, p)
 
     def step(self, c: GSCarry, p: Params, dt: Scalar, last: bool = False) -> GSCarry:
         """One step of size ``dt``, in place: writes the new S and network pass into ``c``'s

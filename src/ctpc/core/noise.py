@@ -156,13 +156,6 @@ class NoisyCarry:
     k: int = 0
 
 
-def restart(solver, carry, S: torch.Tensor, p: Params):
-    """``solver.init(S, p)``, keeping ``carry``'s noise clock (the engine's restart after it
-    froze diverged replicas: the others go on with the noise of their own run)."""
-    new = solver.init(S, p)
-    return replace(new, k=carry.k) if isinstance(carry, NoisyCarry) else new
-
-
 @dataclass(frozen=True)
 class NoisyRK:
     """Euler-Maruyama (``euler``) and stochastic Heun (``heun``) over an explicit tableau:
@@ -191,6 +184,11 @@ class NoisyRK:
     def snapshot(self, carry: NoisyCarry) -> NoisyCarry:
         """The carry itself: steps never modify it."""
         return carry
+
+    def with_state(self, carry: NoisyCarry, S: torch.Tensor, p: Params, reset=()) -> NoisyCarry:
+        """A carry at S that keeps the noise clock: every replica goes on with the noise of its
+        own run (a frozen replica, dt = 0, receives none)."""
+        return NoisyCarry(self.base.init(S, p), carry.k)
 
     def step(self, carry: NoisyCarry, p: Params, dt: Scalar, last: bool = False) -> NoisyCarry:
         """y + dt sum_i b_i k_i + sigma dW, the stages y + dt sum_j a_ij k_j + sigma dW (new
@@ -247,6 +245,11 @@ class NoisyGaussSeidel:
     def snapshot(self, carry: NoisyCarry) -> NoisyCarry:
         """A copy of the buffers, with the clock."""
         return NoisyCarry(carry.inner.clone(), carry.k)
+
+    def with_state(self, carry: NoisyCarry, S: torch.Tensor, p: Params, reset=()) -> NoisyCarry:
+        """A carry at S that keeps the noise clock: every replica goes on with the noise of its
+        own run (a frozen replica, dt = 0, receives none)."""
+        return NoisyCarry(self.base.init(S, p), carry.k)
 
     def step(self, carry: NoisyCarry, p: Params, dt: Scalar, last: bool = False) -> NoisyCarry:
         c, k = carry.inner, carry.k

@@ -304,14 +304,18 @@ class Recorder:
 
     def results(self, S: torch.Tensor, p: Params, steps_completed, diverged_step, *, dt,
                 backend: str, device: str, t0: float, extra_attrs=None,
-                slot_traces: dict | None = None, reasons=None) -> list[RunResult]:
+                slot_traces: dict | None = None, reasons=None,
+                residuals=None) -> list[RunResult]:
         """The per-replica results of a finished run: ``S`` is the final state of every replica
         (a diverged replica's last bounded state), ``steps_completed[r]`` its step, and
         ``diverged_step[r]`` the first out-of-bounds step or None. ``dt[r]`` in ms.
 
         ``slot_traces``: traces recorded elsewhere (the Brian2 backend's StateMonitors), var ->
         [slots, layers, R, samples, units] for the slots recorded so far; the final state's
-        traces are added here, from ``S``, as for the recorder's own buffers."""
+        traces are added here, from ``S``, as for the recorder's own buffers. ``residuals()``: the
+        network pass at ``S`` as the solver sees it (a delayed network's residuals are against
+        the delayed predictions), for the final slot when one is added; default: computed from
+        S by the undelayed pass."""
         slot_steps = np.asarray(self.slot_steps, dtype=np.int64)
         done = np.asarray(steps_completed, dtype=np.int64)
         n = len(slot_steps)
@@ -319,7 +323,7 @@ class Recorder:
         # (a replica diverged between record steps) one more slot holds each final state.
         extra = not (n and (slot_steps[-1] == done).all() and not slot_traces)
         if extra:
-            self._stage(S, p, None)
+            self._stage(S, p, residuals() if residuals is not None else None)
         self._flush()
         # the final read-out: the last slot summarised is every replica's final state
         last = self._last_grads

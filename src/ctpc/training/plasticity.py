@@ -63,6 +63,12 @@ class PlasticGaussSeidel:
         """A copy of the neuron carry, with the (never modified) weights."""
         return self.base.snapshot(carry[0]), carry[1]
 
+    def with_state(self, carry, S: torch.Tensor, p: Params, reset=()):
+        """A carry at S with the carry's weights (each replica keeps what it has learnt; a
+        frozen replica's, dt = 0, no longer change)."""
+        w = carry[1]
+        return self.base.init(S, self.base.dyn.params(w, p.x, p.y, p.rates)), w
+
     def step(self, carry, p: Params, dt: Scalar, last: bool = False):
         """One step of size ``dt``: the neurons in place in ``carry[0]``, then the weights
         (new tensors); returns a new carry at the new weights."""
@@ -123,6 +129,10 @@ class PlasticRK:
 
     def snapshot(self, carry):
         return carry
+
+    def with_state(self, carry, S: torch.Tensor, p: Params, reset=()):
+        """A carry at S with the carry's weights (see :meth:`PlasticGaussSeidel.with_state`)."""
+        return (S.clone(), *carry[1:])
 
     def step(self, carry, p: Params, dt: Scalar, last: bool = False):
         return self.solver.step(carry, p, dt, last)

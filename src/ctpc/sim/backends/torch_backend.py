@@ -57,5 +57,6 @@ def run_replicas(cfgs: list[Config], progress: bool = True, stream=None) -> list
         return rec.results(out.final_state(), p, out.steps_completed, out.diverged_step,
                            dt=[c.integrator.dt for c in cfgs], backend="torch",
                            device=str(model.net.device), t0=t0,
+                           residuals=lambda: solver.residuals(out.carry, p),
                            reasons=[divergence_reason(v, it.divergence_bound)
                                     for v in out.peak_at_divergence])
