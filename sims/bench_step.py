@@ -83,7 +83,7 @@ def ctpc_loop(cfgs, check: bool):
 
     import ctpc
     from ctpc.core.engine import integrate
-    from ctpc.core.integrators import make_solver
+    from ctpc.core.solvers import make_solver
     from ctpc.build.objects import build_model
 
     loaded = [ctpc.load_config(c) for c in cfgs]
@@ -111,7 +111,7 @@ def ctpc_rule(cfg, fused: bool, whole_max: int | None = None, mode: str = "unrol
 
     import ctpc
     import ctpc.core.compiled
-    from ctpc.core.integrators import make_solver
+    from ctpc.core.solvers import make_solver
     from ctpc.build.objects import build_model
     from ctpc.training.rules import CompiledInferenceRule, InferenceRule
 

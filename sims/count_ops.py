@@ -49,7 +49,7 @@ def _stepper(cfg):
     """One step of the checkout's own Gauss-Seidel solver (the API changed over time)."""
     import torch
     try:                                    # this checkout
-        from ctpc.core.integrators import make_solver
+        from ctpc.core.solvers import make_solver
         from ctpc.build.objects import build_model
         m = build_model(cfg)
         p = m.params()
@@ -63,7 +63,7 @@ def _stepper(cfg):
         return lambda: torch.no_grad()(solver.step)(carry, p, m.dt)
     except ImportError:                     # the first release (ctpc 0.1.0)
         from ctpc.sim.backends.torch_backend import build
-        from ctpc.core.integrators import make_solver
+        from ctpc.core.solvers import make_solver
         net, dyn = build(cfg)
         solver = make_solver("discrete", dyn, 1.0)
         state = {"c": solver.init(dyn.initial_state())}

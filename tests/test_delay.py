@@ -13,7 +13,7 @@ import yaml
 import ctpc
 from ctpc.build.objects import build_model, shape_key
 from ctpc.core.delay import DelayedSolver
-from ctpc.core.integrators import make_solver
+from ctpc.core.solvers import make_solver
 from ctpc.core.network import init_weights
 from ctpc.sim.simulation import simulate_replicas
 from ctpc.studies import delay as sd

@@ -8,7 +8,7 @@ import torch
 
 from ctpc.core import network as nw
 from ctpc.core.dynamics import Dynamics, Rates
-from ctpc.core.integrators import make_solver
+from ctpc.core.solvers import make_solver
 from ctpc.core.network import Network, Weights
 
 dt = torch.float64

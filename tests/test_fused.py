@@ -267,7 +267,7 @@ def test_compiled_chunks_of_steps_equal_eager(monkeypatch):
     monkeypatch.setattr(fused_mod, "CHUNK_STEPS", 3)
     from ctpc.core.engine import integrate
     from ctpc.core.compiled import compiled
-    from ctpc.core.integrators import make_solver
+    from ctpc.core.solvers import make_solver
     from ctpc.build.objects import build_model
 
     c = config(integrator__budget=8)

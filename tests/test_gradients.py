@@ -98,7 +98,7 @@ def test_params_refuse_weights_changed_in_place():
     """Params carry a drive derived from W_1: an in-place optimiser step after building them
     is detected, never silently mixed (stale predictions with fresh gradients)."""
     net, w, mats, x, y, h, lam = setup("tanh")
-    from ctpc.core.integrators import make_solver
+    from ctpc.core.solvers import make_solver
     dyn = Dynamics(net, leaky=False)
     p = dyn.params(w, x, y, Rates(rho=RHO, k_h=0.25, k_lam=1.0, k_e=0.0))
     solver = make_solver(dyn, "discrete")

@@ -24,7 +24,8 @@ from ctpc.build.objects import build_model, shape_key
 from ctpc.config.schema import ConfigError
 from ctpc.core import noise as noise_mod
 from ctpc.core.engine import integrate
-from ctpc.core.integrators import ExplicitRK, GaussSeidel, make_solver
+from ctpc.core.integrators import ExplicitRK, GaussSeidel
+from ctpc.core.solvers import make_solver
 from ctpc.core.noise import NoisyGaussSeidel, NoisyRK
 from ctpc.sim.simulation import simulate_replicas
 from ctpc.training.setup import compilable

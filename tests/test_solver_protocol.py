@@ -18,7 +18,8 @@ from ctpc.build.objects import build_model
 from ctpc.core import engine, integrators
 from ctpc.core.engine import integrate
 from ctpc.core.delay import DelayedSolver
-from ctpc.core.integrators import ExplicitRK, GaussSeidel, Solver, make_solver
+from ctpc.core.integrators import ExplicitRK, GaussSeidel, Solver
+from ctpc.core.solvers import make_solver
 from ctpc.core.noise import NoisyGaussSeidel, NoisyRK, noise_of
 from ctpc.training import plasticity
 from ctpc.training.plasticity import PlasticGaussSeidel, PlasticRK, final_weights, plastic_solver

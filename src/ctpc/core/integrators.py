@@ -3,7 +3,7 @@
 Two families (facts in :mod:`ctpc.common.schemes`), one written interface in the spirit of
 diffrax's solvers, :class:`Solver`:
 
-    solver = make_solver(dyn, "rk4")
+    solver = make_solver(dyn, "rk4")                  # ctpc.core.solvers
     carry = solver.init(S, params)                    # per presentation (S is not modified)
     carry = solver.step(carry, params, dt)            # one step of size dt; consumes carry
     carry = solver.advance(carry, params, dt, n, last)   # n steps, nothing observed between
@@ -44,7 +44,7 @@ import torch
 from ctpc.core.dynamics import POP_ERR, POP_H, POP_LAM, Dynamics, Params, Scalar
 from ctpc.core import compiled as compiled_programs
 from ctpc.core.network import Residuals, layer_prediction, output_error
-from ctpc.common.schemes import SchemeInfo, scheme as scheme_info
+from ctpc.common.schemes import SchemeInfo
 
 
 Carry = Any     # a solver's own type: a tensor, a tuple of tensors, a GSCarry, ...
@@ -380,36 +380,3 @@ def _fits(c: GSCarry | None, p: Params) -> bool:
 
 def _nonzero(c: Scalar) -> bool:
     return isinstance(c, torch.Tensor) or c != 0
-
-
-def make_solver(dyn: Dynamics, scheme: str, *, inner_steps: int = 1,
-                weight_credit_timing: str = "pre_dual", compile: bool = False,
-                noise=None, delay_steps: int = 0) -> Solver:
-    """The solver of ``scheme`` (a name of :data:`ctpc.common.schemes.SCHEMES`); the step size
-    is given to each step. ``compile``: torch.compile chunks of Gauss-Seidel steps
-    (:meth:`GaussSeidel.advance`; explicit RK schemes run eagerly). ``noise``: a
-    :class:`ctpc.core.noise.Noise` (None: deterministic) gives the scheme's stochastic form
-    (:func:`ctpc.core.noise.noisy_solver`; eager, never compiled). ``delay_steps``: the
-    conduction delay in steps (:func:`ctpc.config.schema.delay_steps`); k >= 1 gives the
-    scheme on the delay equations (:class:`ctpc.core.delay.DelayedSolver`; eager, never
-    compiled), 0 the solvers above, unchanged."""
-    if delay_steps:
-        if noise is not None:
-            raise ValueError("noise and conduction delays together are not built")
-        from ctpc.core.delay import DelayedSolver
-        info = scheme_info(scheme)
-        return DelayedSolver(dyn, info, int(delay_steps),
-                             inner_steps if info.name == "discrete" else 1,
-                             final_dual=info.name != "discrete"
-                             or weight_credit_timing == "post_dual")
-    if noise is not None:
-        from ctpc.core.noise import noisy_solver     # noise.py builds on this module's solvers
-        return noisy_solver(make_solver(dyn, scheme, inner_steps=inner_steps,
-                                        weight_credit_timing=weight_credit_timing), noise)
-    info = scheme_info(scheme)
-    if not info.gauss_seidel:
-        return ExplicitRK(dyn, info)
-    if info.name == "discrete":
-        return GaussSeidel(dyn, info, inner_steps,
-                           final_dual=weight_credit_timing == "post_dual", compile=compile)
-    return GaussSeidel(dyn, info, compile=compile)

@@ -34,7 +34,7 @@ from ctpc.build.resolve import load_config
 from ctpc.common.labels import var_attrs
 from ctpc.config.schema import Config
 from ctpc.core.delay import DelayCarry
-from ctpc.core.integrators import make_solver
+from ctpc.core.solvers import make_solver
 from ctpc.sim.simulation import simulate
 from ctpc.studies.stability import (DENSE_MAX, STABLE_TOL, Linearisation, arnoldi,
                                     spectral_radius)

@@ -26,7 +26,7 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs
 
 from ctpc.config.schema import Config
 from ctpc.core.dynamics import POP_ERR, POP_H, POP_LAM, Params
-from ctpc.core.integrators import make_solver
+from ctpc.core.solvers import make_solver
 from ctpc.build.objects import build_model
 from ctpc.build.resolve import in_float64_on_cpu
 from ctpc.core.reference import bp_reference

@@ -12,7 +12,7 @@ import torch
 from ctpc.config.schema import Config, ConfigError, TrainingConfig
 from ctpc.data import DataSplit, labelled_split_size, load_split
 from ctpc.core.compiled import check_compiler, keep_freed_buffers
-from ctpc.core.integrators import make_solver
+from ctpc.core.solvers import make_solver
 from ctpc.build.objects import Model, build_model, resolve_device
 from ctpc.build.resolved import Resolved
 from ctpc.common.schemes import scheme as scheme_info

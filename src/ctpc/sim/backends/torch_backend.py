@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ctpc.config.schema import Config, delay_steps
 from ctpc.core.engine import divergence_bounds, divergence_reason, integrate
-from ctpc.core.integrators import make_solver
+from ctpc.core.solvers import make_solver
 from ctpc.build.objects import build_model
 from ctpc.sim.recording import Recorder, plan_recording
 from ctpc.core.reference import bp_reference
