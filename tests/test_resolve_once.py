@@ -331,3 +331,17 @@ def test_a_resolved_config_cannot_change():
     with pytest.raises(TypeError, match="needs a resolved config"):
         build_model(changed)
     build_model(cfg)
+
+
+def test_a_resolved_config_unpickles_in_a_fresh_process(tmp_path):
+    """A sweep cell travels to its Dask worker pickled: the worker has resolved nothing yet, so
+    every frozen section class, nested ones (dynamics.noise) included, must exist at import."""
+    import subprocess
+    from conftest import small_config
+    cfg = ctpc.load_config(small_config(dynamics={"noise": {"h": 0.1}}))
+    path = tmp_path / "cfg.pkl"
+    path.write_bytes(pickle.dumps(cfg))
+    code = f"import pickle; c = pickle.load(open({str(path)!r}, 'rb')); print(c.dynamics.noise.h)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "0.1"

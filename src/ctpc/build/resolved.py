@@ -144,13 +144,16 @@ def _thaw_model(model: BaseModel) -> BaseModel:
                                **_model_values(model, _thaw_value))
 
 
-def _sections(cls: type) -> list[type]:
-    """The model classes of ``cls``'s fields (the config's sections)."""
-    found = []
+def _sections(cls: type, found: list | None = None) -> list[type]:
+    """The model classes of ``cls``'s fields, at every depth (the config's sections and their
+    own sections, e.g. dynamics.noise): each needs its frozen variant defined at import, so
+    that a process that unpickles a resolved config before resolving one finds it."""
+    found = [] if found is None else found
     for f in cls.model_fields.values():
         for t in (f.annotation, *typing.get_args(f.annotation)):
             if isinstance(t, type) and issubclass(t, BaseModel) and t not in found:
                 found.append(t)
+                _sections(t, found)
     return found
 
 
