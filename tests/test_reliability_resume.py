@@ -462,7 +462,12 @@ def test_one_identity_for_sweep_cells_and_resume():
     d = a.to_dict()
     for k in ("name", "description", "output", "sweep", "memory_limit_gb"):
         d.pop(k)
-    assert d["network"].pop("bias") is False     # added later: hashed only when set
+    # keys added later (network.bias, dynamics.noise, dynamics.delay, brian2.errors, ...):
+    # hashed only when set, so at their defaults the key is the one of before
+    from ctpc.config.identity import ADDED_KEYS
+    for dotted, unset in ADDED_KEYS.items():
+        section, _, key = dotted.rpartition(".")
+        assert d[section].pop(key) == unset, dotted
     assert cell_key(a) == hashlib.sha256(
         json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
     from ctpc.sweep import cells as grid
@@ -474,6 +479,7 @@ def test_one_identity_for_sweep_cells_and_resume():
     assert cell_key(saves_more) != cell_key(a)      # a sweep cell's key is that of before
     assert run_key(a) != run_key(load("training.epochs=3", "seed=1"))
     assert cell_key(load("training.epochs=3", "network.bias=true")) != cell_key(a)
+    assert cell_key(load("training.epochs=3", "dynamics.noise.h=0.01")) != cell_key(a)
 
 
 # ============================================================ 3. --quiet
