@@ -138,7 +138,9 @@ def test_spiking_refusals():
     for sections, hint in [({"dynamics": {"tau_e": 0.0}}, "tau_e > 0"),
                            ({"integrator": {"scheme": "heun"}}, "euler or semi_implicit"),
                            ({"integrator": {"dt": 1.0}}, "fires at most once per step"),
-                           ({"backend": "torch"}, "Brian2 model")]:
+                           ({"backend": "torch"}, "Brian2 model"),
+                           ({"brian2": {"construction": "network_operation"}}, "construction"),
+                           ({"brian2": {"target": "cpp_standalone"}}, "runtime targets")]:
         cfg = spiking_config(**{k: v for k, v in sections.items() if k != "backend"})
         if "backend" in sections:
             cfg["backend"] = "torch"

@@ -620,6 +620,12 @@ def _check_spiking(cfg: "Config") -> None:
             f"steps, spikes drawn once per step), not scheme {it.scheme!r}"
             + (f" with brian2.method {b2.method!r}" if b2.method not in (None, "euler") else "")
             + "; set integrator.scheme: euler or semi_implicit")
+    if b2.construction != "synapses" or b2.target == "cpp_standalone":
+        # built and tested with Synapses on the runtime targets; the other combinations are not
+        # tested, so they are refused rather than run unchecked
+        raise ValueError(
+            "brian2.errors 'spiking' is built for brian2.construction: synapses on the runtime "
+            "targets (numpy, cython); set construction: synapses and target: numpy or cython")
     if b2.r_max * 1e-3 * it.dt > 1 + 1e-12:
         raise ValueError(
             f"brian2.r_max ({b2.r_max:g} Hz) x integrator.dt ({it.dt:g} ms) = "
